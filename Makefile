@@ -1,0 +1,37 @@
+# facegate: `make setup` installs everything (model pack included); `make test` runs the checks.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: setup test lint unit bench clean
+
+setup: $(VENV)/.installed
+	$(VENV)/bin/facegate models fetch
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e '.[dev]'
+	# insightface depends on opencv-python (the GUI build), which shares the cv2/ folder with
+	# opencv-python-headless and breaks `import cv2` on machines without libGL: keep headless only.
+	$(PIP) uninstall -y opencv-python
+	$(PIP) install --force-reinstall --no-deps "opencv-python-headless$$($(PY) -c 'import importlib.metadata as m; print("==" + m.version("opencv-python-headless"))')"
+	$(PY) -c "import cv2, sys; sys.exit(0 if cv2.getBuildInformation() else 1)"
+	touch $@
+
+lint:
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+unit:
+	$(VENV)/bin/pytest -q
+
+test: lint unit
+
+bench:
+	$(PY) bench/foundation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

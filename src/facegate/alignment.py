@@ -1,0 +1,93 @@
+"""Five-point alignment onto the ArcFace 112x112 template, and the quality of the aligned crop.
+
+Alignment is insightface's `face_align.norm_crop` (a least-squares similarity transform,
+Umeyama, onto the ArcFace reference points), so every pack aligns the same way.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from insightface.utils import face_align
+
+from facegate.face import BBox, ImageArray, Point, Quality
+
+# scikit-image 0.26 deprecated `SimilarityTransform.estimate`, which norm_crop calls; the
+# result is unchanged until its removal in 2.2. Silence exactly that message from there.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`estimate` is deprecated",
+    category=FutureWarning,
+    module=r"insightface\.utils\.face_align",
+)
+
+ALIGNED_SIZE = 112
+Landmarks5 = tuple[Point, Point, Point, Point, Point]
+
+
+def five_points_from_68(points68: npt.NDArray[np.float32]) -> Landmarks5:
+    """iBUG-300W 68 points -> eye centres, nose tip and mouth corners (ArcFace order).
+
+    The 68-point "right eye" (36-41) is the subject's right, which is on the image's left,
+    the first point of the ArcFace template.
+    """
+    p = np.asarray(points68, dtype=np.float32).reshape(68, 2)
+    right_eye = p[36:42].mean(axis=0)
+    left_eye = p[42:48].mean(axis=0)
+    nose = p[30]
+    mouth_a = (p[48] + p[60]) / 2.0
+    mouth_b = (p[54] + p[64]) / 2.0
+    pts = (right_eye, left_eye, nose, mouth_a, mouth_b)
+    return tuple((float(x), float(y)) for x, y in pts)  # type: ignore[return-value]
+
+
+def align(frame_bgr: ImageArray, landmarks: Landmarks5) -> ImageArray:
+    """The 112x112 aligned crop (same channel order as the frame)."""
+    lmk = np.asarray(landmarks, dtype=np.float32)
+    crop: ImageArray = face_align.norm_crop(frame_bgr, landmark=lmk, image_size=ALIGNED_SIZE)
+    return crop
+
+
+def sharpness(aligned_bgr: ImageArray) -> float:
+    """Variance of the Laplacian of the grey crop: low for blurred or featureless faces."""
+    grey = cv2.cvtColor(aligned_bgr, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def brightness(aligned_bgr: ImageArray) -> float:
+    grey = cv2.cvtColor(aligned_bgr, cv2.COLOR_BGR2GRAY)
+    # The inner part of the template: the face, not the black fill of a crop at a frame edge.
+    return float(grey[16:104, 16:96].mean())
+
+
+def quality(bbox: BBox, aligned_bgr: ImageArray) -> Quality:
+    x1, y1, x2, y2 = bbox
+    return Quality(
+        face_px=float(min(x2 - x1, y2 - y1)),
+        sharpness=sharpness(aligned_bgr),
+        brightness=brightness(aligned_bgr),
+    )
+
+
+def square_box(bbox: BBox) -> BBox:
+    """A square of side = box height around the box centre (how the landmark net was fed)."""
+    x1, y1, x2, y2 = bbox
+    side = y2 - y1
+    cx = (x1 + x2) / 2.0
+    return (cx - side / 2.0, y1, cx + side / 2.0, y2)
+
+
+def crop_box(frame: ImageArray, bbox: BBox, size: int) -> ImageArray:
+    """Crop `bbox` (may reach outside the frame, filled with black) resized to size x size."""
+    x1, y1, x2, y2 = bbox
+    w = max(x2 - x1, 1.0)
+    h = max(y2 - y1, 1.0)
+    # An affine crop handles boxes that leave the frame without padding copies.
+    m = np.array([[size / w, 0.0, -x1 * size / w], [0.0, size / h, -y1 * size / h]], np.float32)
+    out: ImageArray = cv2.warpAffine(
+        frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    return out

@@ -1,0 +1,111 @@
+"""What face analysis produces, and the `FaceAnalyzer` protocol every model pack implements.
+
+Pose convention (the one of `../shared/data/README.md`, Pointing'04), in degrees:
+- yaw > 0: the face turned toward the image's left, i.e. the subject's own right;
+  yaw < 0: toward the image's right, the subject's own left.
+- pitch > 0: looking up; pitch < 0: looking down.
+- roll > 0: the head tilted so that its top leans toward the image's left... see `headpose.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
+Point = tuple[float, float]
+
+FloatArray = npt.NDArray[np.float32]
+ImageArray = npt.NDArray[np.uint8]
+
+
+class Quality(msgspec.Struct, frozen=True):
+    """How usable a face is: size in px, sharpness and brightness of its aligned crop."""
+
+    face_px: float  # the shorter side of the face box, in frame pixels
+    sharpness: float  # variance of the Laplacian of the aligned 112x112 grey crop
+    brightness: float  # mean grey level of the aligned crop, 0..255
+
+
+class Detection(msgspec.Struct, frozen=True):
+    """A detected face before description: box, score and the five alignment points."""
+
+    bbox: BBox
+    det_score: float
+    # Five points: subject's right eye (image left), left eye, nose tip, mouth corners
+    # (image left, image right): the order of insightface's ArcFace reference.
+    landmarks: tuple[Point, Point, Point, Point, Point]
+
+    @property
+    def size(self) -> float:
+        x1, y1, x2, y2 = self.bbox
+        return min(x2 - x1, y2 - y1)
+
+
+class Face(msgspec.Struct, frozen=True):
+    """A described face. Pose and embedding are None when the call skipped them."""
+
+    bbox: BBox
+    det_score: float
+    landmarks: tuple[Point, Point, Point, Point, Point]
+    quality: Quality
+    yaw: float | None = None
+    pitch: float | None = None
+    roll: float | None = None
+    # float32, L2-normalised; length depends on the pack (512 for all shipped packs).
+    embedding: FloatArray | None = None
+    # The aligned 112x112 BGR crop the embedding and sharpness were computed on.
+    aligned: ImageArray | None = None
+
+    @property
+    def size(self) -> float:
+        return self.quality.face_px
+
+
+class StageTimings(msgspec.Struct):
+    """Milliseconds spent per stage in the analyzer's last call (0 for skipped stages)."""
+
+    detect: float = 0.0
+    landmarks: float = 0.0
+    align: float = 0.0
+    pose: float = 0.0
+    embed: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.detect + self.landmarks + self.align + self.pose + self.embed
+
+
+class FaceAnalyzer(Protocol):
+    """Detect, align, measure pose and embed faces in a BGR frame."""
+
+    name: str
+    embedding_size: int
+
+    @property
+    def timings(self) -> StageTimings:
+        """Per-stage timings of the last `analyze` or `describe` call."""
+        ...
+
+    def detect(self, frame_bgr: ImageArray) -> list[Detection]:
+        """Faces in the frame, largest first."""
+        ...
+
+    def describe(
+        self, frame_bgr: ImageArray, detection: Detection, *, embed: bool = True, pose: bool = True
+    ) -> Face:
+        """Quality, and optionally pose and embedding, of one detected face."""
+        ...
+
+    def analyze(
+        self, frame_bgr: ImageArray, *, embed: bool = True, pose: bool = True
+    ) -> list[Face]:
+        """`detect` then `describe` every face, largest first."""
+        ...
+
+
+def largest(faces: list[Face]) -> Face | None:
+    return max(faces, key=lambda f: f.size, default=None)

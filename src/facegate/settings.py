@@ -1,0 +1,228 @@
+"""Settings: `settings.toml` loaded into frozen msgspec Structs, overridden by FACEGATE_* variables.
+
+Precedence, lowest first: the defaults below, one TOML file, then environment variables.
+The TOML file is the first of: `--settings FILE`, `$FACEGATE_SETTINGS`, `<data dir>/settings.toml`.
+The repository's `settings.toml` lists every key with its default and is what a user copies.
+
+Environment variables name a key by its path in upper case, sections joined by `__` or `_`:
+`FACEGATE_RECOGNITION__THRESHOLD=0.5` or `FACEGATE_RECOGNITION_THRESHOLD=0.5`. Values are
+parsed as TOML values where they parse (numbers, booleans, arrays), else taken as strings.
+A bad value or an unknown key fails with the key's path in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# Variables that are not setting keys: they select files or carry secrets.
+RESERVED_ENV = frozenset({"FACEGATE_HOME", "FACEGATE_SETTINGS", "FACEGATE_TOKEN"})
+ENV_PREFIX = "FACEGATE_"
+
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+Cosine = Annotated[float, Meta(ge=-1.0, le=1.0)]
+Degrees = Annotated[float, Meta(ge=0.0, le=90.0)]
+Pixels = Annotated[int, Meta(ge=1, le=10_000)]
+
+PackName = Literal["faceplugin", "buffalo_l", "buffalo_s", "antelopev2"]
+
+
+class ModelSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pack: PackName = "faceplugin"
+    # Empty means the user-level default: $XDG_CACHE_HOME/facegate/models (~/.cache/...).
+    dir: str = ""
+    # InsightFace packs only: let insightface download a missing pack when the machine is online.
+    allow_download: bool = True
+    # onnxruntime threads per model; 1 measured fastest on a loaded 2-core machine.
+    threads: Annotated[int, Meta(ge=1, le=64)] = 1
+
+
+class DetectionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    min_score: Fraction = 0.65
+    nms_iou: Fraction = 0.4
+    max_faces: Annotated[int, Meta(ge=1, le=256)] = 32
+
+
+class RecognitionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Cosine similarity at or above which two faces are the same person.
+    threshold: Cosine = 0.42
+    # `verify-pairs` recommends the threshold that reaches this false-accept rate.
+    target_far: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.001
+
+
+class QualityGate(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    min_face_px: Pixels
+    max_abs_yaw: Degrees
+    max_abs_pitch: Degrees
+    # Variance of the Laplacian of the aligned 112x112 grey crop.
+    min_sharpness: Annotated[float, Meta(ge=0.0)]
+    min_det_score: Fraction
+    min_brightness: Annotated[float, Meta(ge=0.0, le=255.0)] = 40.0
+    max_brightness: Annotated[float, Meta(ge=0.0, le=255.0)] = 225.0
+
+
+def _recognition_gate() -> QualityGate:
+    return QualityGate(
+        min_face_px=40, max_abs_yaw=60.0, max_abs_pitch=45.0, min_sharpness=15.0, min_det_score=0.7
+    )
+
+
+def _enrolment_gate() -> QualityGate:
+    # Wide enough in yaw/pitch for the guided poses (|yaw| up to 45, |pitch| up to 35).
+    return QualityGate(
+        min_face_px=80, max_abs_yaw=50.0, max_abs_pitch=40.0, min_sharpness=30.0, min_det_score=0.8
+    )
+
+
+class QualitySettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    recognition: QualityGate = msgspec.field(default_factory=_recognition_gate)
+    enrolment: QualityGate = msgspec.field(default_factory=_enrolment_gate)
+
+
+class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    models: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    detection: DetectionSettings = msgspec.field(default_factory=DetectionSettings)
+    recognition: RecognitionSettings = msgspec.field(default_factory=RecognitionSettings)
+    quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
+
+
+class SettingsError(ValueError):
+    """A settings file or variable that cannot be used; the message names the key."""
+
+
+def default_data_dir() -> Path:
+    if home := os.environ.get("FACEGATE_HOME"):
+        return Path(home).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "facegate"
+
+
+def models_dir(settings: Settings) -> Path:
+    if settings.models.dir:
+        return Path(settings.models.dir).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facegate" / "models"
+
+
+def load_settings(
+    settings_file: Path | None = None,
+    data_dir: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Defaults <- TOML file <- environment; raises SettingsError naming the bad key."""
+    env = dict(os.environ) if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = _settings_path(settings_file, data_dir, env)
+    if path is not None:
+        raw = _read_toml(path)
+    origin = str(path) if path is not None else "defaults"
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and name not in RESERVED_ENV:
+            keys = _env_key_path(name)
+            _set_path(raw, keys, _parse_env_value(value))
+            origin = f"{origin} + environment"
+    return _convert(raw, origin)
+
+
+def _settings_path(
+    settings_file: Path | None, data_dir: Path | None, env: dict[str, str]
+) -> Path | None:
+    if settings_file is not None:
+        if not settings_file.is_file():
+            raise SettingsError(f"settings file {settings_file} does not exist")
+        return settings_file
+    if named := env.get("FACEGATE_SETTINGS"):
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise SettingsError(f"FACEGATE_SETTINGS names {path}, which does not exist")
+        return path
+    if data_dir is not None and (data_dir / "settings.toml").is_file():
+        return data_dir / "settings.toml"
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _convert(raw: dict[str, Any], origin: str) -> Settings:
+    try:
+        return msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Expected `float` <= 1.0 - at `$.recognition.threshold`".
+        message = str(exc)
+        if " - at `$." in message:
+            detail, _, where = message.partition(" - at `$.")
+            key = where.rstrip("`")
+            raise SettingsError(f"setting {key}: {detail} ({origin})") from exc
+        raise SettingsError(f"settings: {message} ({origin})") from exc
+
+
+def _field_names(struct_type: type[Struct]) -> dict[str, Any]:
+    hints = msgspec.structs.fields(struct_type)
+    return {f.name: f.type for f in hints}
+
+
+def _env_key_path(name: str) -> list[str]:
+    """Resolve FACEGATE_A__B_C or FACEGATE_A_B_C against the schema into ["a", "b_c"]."""
+    rest = name[len(ENV_PREFIX) :].lower()
+    node: Any = Settings
+    keys: list[str] = []
+    while True:
+        if not (isinstance(node, type) and issubclass(node, Struct)):
+            raise SettingsError(f"environment variable {name}: {'.'.join(keys)} has no sub-keys")
+        fields = _field_names(node)
+        match = _match_field(rest, fields)
+        if match is None:
+            where = ".".join(keys) or "the top level"
+            raise SettingsError(
+                f"environment variable {name}: no setting matches it under {where} "
+                f"(known: {', '.join(sorted(fields))})"
+            )
+        keys.append(match)
+        rest = rest[len(match) :]
+        if not rest:
+            return keys
+        rest = rest.lstrip("_")
+        node = fields[match]
+
+
+def _match_field(rest: str, fields: dict[str, Any]) -> str | None:
+    # Longest field name that is the whole rest or is followed by a separator.
+    for field in sorted(fields, key=len, reverse=True):
+        if rest == field or rest.startswith(field + "_"):
+            return field
+    return None
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"setting {'.'.join(keys)}: {key} is not a table")
+        node = child
+    node[keys[-1]] = value
+
+
+def settings_to_toml_dict(settings: Settings) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(settings)
+    return result
