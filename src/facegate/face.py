@@ -4,7 +4,8 @@ Pose convention (the one of `../shared/data/README.md`, Pointing'04), in degrees
 - yaw > 0: the face turned toward the image's left, i.e. the subject's own right;
   yaw < 0: toward the image's right, the subject's own left.
 - pitch > 0: looking up; pitch < 0: looking down.
-- roll > 0: the head tilted so that its top leans toward the image's left... see `headpose.py`.
+- roll > 0: the eye on the image's right (the subject's left eye) is lower than the other,
+  i.e. the face is rotated clockwise in the image.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Detection(msgspec.Struct, frozen=True):
     # Five points: subject's right eye (image left), left eye, nose tip, mouth corners
     # (image left, image right): the order of insightface's ArcFace reference.
     landmarks: tuple[Point, Point, Point, Point, Point]
+    # Dense landmarks where the pack has them (68 iBUG points for faceplugin), for pose.
+    dense_landmarks: FloatArray | None = None
 
     @property
     def size(self) -> float:

@@ -100,7 +100,12 @@ class FacepluginAnalyzer:
 
     def _landmarks(self, frame_bgr: ImageArray, box: BBox, score: float) -> Detection:
         points = self.landmarks68(frame_bgr, box)
-        return Detection(bbox=box, det_score=score, landmarks=alignment.five_points_from_68(points))
+        return Detection(
+            bbox=box,
+            det_score=score,
+            landmarks=alignment.five_points_from_68(points),
+            dense_landmarks=points,
+        )
 
     def landmarks68(self, frame_bgr: ImageArray, box: BBox) -> npt.NDArray[np.float32]:
         crop = alignment.crop_box(frame_bgr, box, LANDMARK_SIZE)
@@ -161,7 +166,10 @@ class FacepluginAnalyzer:
         self, frame_bgr: ImageArray, detection: Detection
     ) -> tuple[float, float, float]:
         net = self.pose_net(frame_bgr, detection.bbox)
-        return headpose.fuse(net, detection.landmarks, detection.bbox)
+        points = detection.dense_landmarks
+        if points is None:
+            points = self.landmarks68(frame_bgr, detection.bbox)
+        return headpose.fuse(net, points)
 
     def embed_aligned(self, aligned_bgr: ImageArray) -> npt.NDArray[np.float32]:
         # ArcFaceONNX swaps R and B itself; this network wants BGR, so hand it RGB.

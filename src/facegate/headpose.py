@@ -1,14 +1,33 @@
-"""Head pose: decode the pose network's bins, fuse with landmark geometry (calibrated)."""
+"""Head pose of the default pack: the pose network's bins fused with 68-point landmark geometry.
+
+The raw network compresses angles (about 0.55x in pitch) and is biased (about -4 deg in
+pitch). A linear model over the network's angle and a few scale-free landmark ratios corrects
+that; its coefficients below were fitted by `bench/fit_pose.py` on Pointing'04 series 1 only
+and are reported on series 2 (`make bench`).
+
+Convention (as `../shared/data/README.md`): yaw > 0 when the face turns toward the image's left
+(the subject's own right), pitch > 0 when looking up, roll > 0 when the eye on the image's
+right (the subject's left eye) is lower, i.e. the face is rotated clockwise in the image. Roll
+is the angle of the eye line: exact for in-plane rotation, unlike the network's roll.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import numpy.typing as npt
 
-from facegate.face import BBox, Point
-
 BIN_DEGREES = 3.0
 BIN_OFFSET = 99.0
+
+# Fitted on Pointing'04 series 1, |yaw| <= 60, |pitch| <= 30 (bench/fit_pose.py).
+# yaw   = w . [net_yaw, nose_offset, jaw_asymmetry, 1]
+# pitch = w . [net_pitch, nose_height, chin_drop, bridge_height, 1]
+YAW_WEIGHTS = (0.436, -34.111, 25.878, -0.84)
+PITCH_WEIGHTS = (0.838, -116.849, 8.452, 189.771, 58.72)
+# Beyond this |net yaw| the face is near profile, outside the fitted range: trust the network.
+FUSED_YAW_LIMIT = 60.0
 
 
 def softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -32,7 +51,54 @@ def decode_bins(
     return bins_to_degrees(yaw_bins), bins_to_degrees(pitch_bins), bins_to_degrees(roll_bins)
 
 
+class LandmarkGeometry:
+    """Scale- and roll-free ratios of the 68 iBUG points that move with yaw and pitch."""
+
+    __slots__ = ("bridge_height", "chin_drop", "jaw_asymmetry", "nose_height", "nose_offset", "roll")
+
+    def __init__(self, points68: npt.NDArray[np.float32]) -> None:
+        p = np.asarray(points68, np.float64).reshape(68, 2)
+        right_eye = p[36:42].mean(axis=0)  # subject's right eye, image left
+        left_eye = p[42:48].mean(axis=0)
+        d = left_eye - right_eye
+        angle = math.atan2(d[1], d[0])
+        c, s = math.cos(-angle), math.sin(-angle)
+        # Rotate about the eye midpoint so the eye line is horizontal.
+        q = (p - (right_eye + left_eye) / 2.0) @ np.array([[c, -s], [s, c]]).T
+        mouth = (q[48] + q[54] + q[60] + q[64]) / 4.0
+        eye_mouth = max(float(mouth[1]), 1e-6 + 0.05 * float(np.ptp(q[:, 1])))
+        jaw_r = float(np.linalg.norm(q[0] - q[30]))
+        jaw_l = float(np.linalg.norm(q[16] - q[30]))
+        self.roll = math.degrees(angle)
+        self.nose_offset = float(q[30][0]) / eye_mouth
+        self.jaw_asymmetry = (jaw_l - jaw_r) / max(jaw_l + jaw_r, 1e-6)
+        self.nose_height = float(q[30][1]) / eye_mouth
+        self.chin_drop = float(q[8][1] - mouth[1]) / eye_mouth
+        self.bridge_height = float(q[27][1]) / eye_mouth
+
+    def yaw_features(self, net_yaw: float) -> tuple[float, ...]:
+        return (net_yaw, self.nose_offset, self.jaw_asymmetry, 1.0)
+
+    def pitch_features(self, net_pitch: float) -> tuple[float, ...]:
+        return (net_pitch, self.nose_height, self.chin_drop, self.bridge_height, 1.0)
+
+
+def _dot(w: tuple[float, ...], x: tuple[float, ...]) -> float:
+    return float(sum(a * b for a, b in zip(w, x, strict=True)))
+
+
+def _clamp(v: float, limit: float = 90.0) -> float:
+    return max(-limit, min(limit, v))
+
+
 def fuse(
-    net: tuple[float, float, float], landmarks: tuple[Point, ...], bbox: BBox
+    net: tuple[float, float, float], points68: npt.NDArray[np.float32]
 ) -> tuple[float, float, float]:
-    return net
+    """Calibrated (yaw, pitch, roll) from the network's angles and the 68 landmarks."""
+    net_yaw, net_pitch, _ = net
+    geo = LandmarkGeometry(points68)
+    if not all(math.isfinite(v) for v in (geo.nose_offset, geo.nose_height, geo.chin_drop)):
+        return net
+    yaw = net_yaw if abs(net_yaw) > FUSED_YAW_LIMIT else _dot(YAW_WEIGHTS, geo.yaw_features(net_yaw))
+    pitch = _dot(PITCH_WEIGHTS, geo.pitch_features(net_pitch))
+    return _clamp(yaw), _clamp(pitch), geo.roll
