@@ -20,13 +20,6 @@ from facegate.alignment import (
     sharpness,
 )
 
-# alignment.py silences skimage's `estimate` FutureWarning with a module-level filter, which
-# pytest's per-test `error` filter overrides (see test_align_leaks_no_warning_to_the_caller).
-IGNORE_ESTIMATE_DEPRECATION = pytest.mark.filterwarnings(
-    "ignore:`estimate` is deprecated:FutureWarning"
-)
-
-
 # -- five_points_from_68 -----------------------------------------------------------------------
 
 
@@ -81,7 +74,6 @@ def centroid_near(grey: np.ndarray, point: npt.NDArray[np.float64], radius: int 
     return np.array([(xx * win).sum(), (yy * win).sum()]) / win.sum()
 
 
-@IGNORE_ESTIMATE_DEPRECATION
 @pytest.mark.parametrize(
     ("scale", "degrees", "tx", "ty"),
     [(1.0, 0.0, 0.0, 0.0), (2.5, 0.0, 150.0, 90.0), (3.0, 20.0, 220.0, 60.0),
@@ -104,7 +96,6 @@ def test_align_maps_the_five_landmarks_onto_the_template(
         assert np.linalg.norm(found - ref) < 1.5, (ref, found)
 
 
-@IGNORE_ESTIMATE_DEPRECATION
 def test_align_keeps_the_channel_order() -> None:
     m = similarity(2.0, 10.0, 100.0, 80.0)
     template = np.asarray(arcface_dst, np.float64)
@@ -115,18 +106,6 @@ def test_align_keeps_the_channel_order() -> None:
     centre = crop[40:72, 40:72]
     assert (centre[..., 0] == 200).all()
     assert (centre[..., 1:] == 0).all()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=FutureWarning,
-    reason="alignment.py's module-level warnings filter is overridden by any caller that sets "
-    "its own filters (pytest -W error): skimage's `estimate` deprecation leaks out of align()",
-)
-def test_align_leaks_no_warning_to_the_caller() -> None:
-    template = np.asarray(arcface_dst, np.float64)
-    crop = align(np.zeros((112, 112, 3), np.uint8), tuple(map(tuple, template)))  # type: ignore[arg-type]
-    assert crop.shape == (ALIGNED_SIZE, ALIGNED_SIZE, 3)
 
 
 # -- crop_box ----------------------------------------------------------------------------------

@@ -185,10 +185,21 @@ def test_nose_shift_sets_the_nose_offset_sign(dx: float, sign: float) -> None:
 # -- fuse --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("net_yaw", [FUSED_YAW_LIMIT + 0.5, 75.0, -70.0, -89.0])
-def test_fuse_trusts_the_network_beyond_the_fitted_yaw(net_yaw: float) -> None:
-    yaw, _, _ = fuse((net_yaw, 0.0, 0.0), turned_face().astype(np.float32))
+@pytest.mark.parametrize(
+    ("net_yaw", "toward"), [(60.5, "left"), (75.0, "left"), (-70.0, "right"), (-89.0, "right")]
+)
+def test_fuse_trusts_the_network_beyond_60_on_the_side_the_landmarks_see(
+    net_yaw: float, toward: str
+) -> None:
+    yaw, _, _ = fuse((net_yaw, 0.0, 0.0), turned_face(toward).astype(np.float32))
     assert yaw == net_yaw
+
+
+@pytest.mark.parametrize(("net_yaw", "toward"), [(75.0, "right"), (-70.0, "left"), (-64.0, "left")])
+def test_fuse_overrules_a_network_contradicting_the_landmarks(net_yaw: float, toward: str) -> None:
+    yaw, _, _ = fuse((net_yaw, 0.0, 0.0), turned_face(toward).astype(np.float32))
+    # The landmarks' side wins: yaw > 0 for a face turned toward the image's left.
+    assert math.copysign(1.0, yaw) == (1.0 if toward == "left" else -1.0)
 
 
 def test_fuse_returns_the_geometric_roll() -> None:
@@ -264,8 +275,6 @@ def pointing04_rows(shared_data: Path) -> dict[tuple[str, int, int], dict[str, s
 
 @pytest.mark.shared_data
 @pytest.mark.models
-# The aligned crop goes through alignment.align (see test_alignment.py for that warning).
-@pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
 @pytest.mark.parametrize("person", PERSONS)
 @pytest.mark.parametrize(("yaw", "pitch"), POSES)
 def test_pose_signs_on_pointing04(

@@ -153,8 +153,9 @@ def fake_npm(tmp_path: Path, body: str) -> str:
 
 
 def test_npm_failure_shows_its_stderr(tmp_path: Path) -> None:
-    npm = fake_npm(tmp_path, 'echo "npm error code E404" >&2\necho "npm error 404 Not Found" >&2\n'
-                   "exit 1\n")
+    npm = fake_npm(
+        tmp_path, 'echo "npm error code E404" >&2\necho "npm error 404 Not Found" >&2\nexit 1\n'
+    )
     with pytest.raises(ModelPackError) as info:
         fetch_faceplugin(tmp_path / "models", npm=npm)
     message = str(info.value)
@@ -183,7 +184,9 @@ def test_list_packs_on_an_empty_dir(tmp_path: Path) -> None:
     assert not any(p.verified for p in packs)
     assert [p.family for p in packs] == ["faceplugin"] + ["insightface"] * 3
     assert all(p.problems and p.files == [] for p in packs)
-    assert packs[1].problems == [f"buffalo_l is not installed: {tmp_path / 'buffalo_l'} does not exist"]
+    assert packs[1].problems == [
+        f"buffalo_l is not installed: {tmp_path / 'buffalo_l'} does not exist"
+    ]
     assert list(tmp_path.iterdir()) == []  # looking creates nothing
 
 
@@ -192,7 +195,9 @@ def test_unknown_pack_name(tmp_path: Path) -> None:
         pack_status(tmp_path, "buffalo_xl")
 
 
-def test_fix_command_names_a_non_default_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fix_command_names_a_non_default_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     default = tmp_path / "cache" / "facegate" / "models"
     assert fix_command(default, "faceplugin") == "facegate models fetch"

@@ -371,11 +371,9 @@ def _download_insightface(models_dir: Path, name: str, say: Log) -> None:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(staging / name)  # zipfile drops absolute paths and ".." components
         archive.unlink()
-        status = _insightface_status(staging / name, name)
-        if not status.verified:
-            raise ModelPackError(
-                f"the downloaded {name}.zip is not a usable pack: {status.problems[0]}"
-            )
+        if not _insightface_status(staging / name, name).verified:
+            wanted = " and ".join(INSIGHTFACE_PACKS[name])
+            raise ValueError(f"the downloaded {name}.zip does not hold {wanted}")
         if pack_dir.is_dir():
             pack_dir.rmdir()  # empty (checked by the caller): e.g. left by an old failed attempt
         os.rename(staging / name, pack_dir)
