@@ -1,6 +1,6 @@
 """Fit the pose fusion of `facegate.headpose` on Pointing'04 series 1; report series 2.
 
-    .venv/bin/python bench/fit_pose.py   # prints the weights to paste into headpose.py
+.venv/bin/python bench/fit_pose.py   # prints the weights to paste into headpose.py
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pointing04 import ROOT, Sample, in_range, samples  # noqa: E402
-
-from facegate.faceplugin import FacepluginAnalyzer  # noqa: E402
-from facegate.headpose import LandmarkGeometry  # noqa: E402
-from facegate.settings import load_settings, models_dir  # noqa: E402
+from facegate.faceplugin import FacepluginAnalyzer
+from facegate.headpose import LandmarkGeometry
+from facegate.settings import load_settings, models_dir
+from pointing04 import ROOT, Sample, in_range, samples
 
 RIDGE = 1e-3
 
@@ -46,16 +45,22 @@ def main() -> None:
     wp = ridge(xp, np.array([s.pitch for s in train]))
     gy = ridge(xy[:, 1:], np.array([s.yaw for s in train]))
     gp = ridge(xp[:, 1:], np.array([s.pitch for s in train]))
-    for name, w in (("YAW_WEIGHTS", wy), ("PITCH_WEIGHTS", wp),
-                    ("YAW_GEOMETRY_WEIGHTS", gy), ("PITCH_GEOMETRY_WEIGHTS", gp)):
+    for name, w in (
+        ("YAW_WEIGHTS", wy),
+        ("PITCH_WEIGHTS", wp),
+        ("YAW_GEOMETRY_WEIGHTS", gy),
+        ("PITCH_GEOMETRY_WEIGHTS", gp),
+    ):
         print(name, "=", tuple(round(float(v), 3) for v in w))
     for series in (1, 2):
         test = [s for s in data if s.series == series and in_range(s)]
         ty, tp = design(test)
         yaw_err = np.abs(ty @ wy - np.array([s.yaw for s in test])).mean()
         pitch_err = np.abs(tp @ wp - np.array([s.pitch for s in test])).mean()
-        print(f"series {series}: linear fusion alone: yaw MAE {yaw_err:.2f}  "
-              f"pitch MAE {pitch_err:.2f}  (n={len(test)}; `make bench` reports the shipped rule)")
+        print(
+            f"series {series}: linear fusion alone: yaw MAE {yaw_err:.2f}  "
+            f"pitch MAE {pitch_err:.2f}  (n={len(test)}; `make bench` reports the shipped rule)"
+        )
 
 
 if __name__ == "__main__":

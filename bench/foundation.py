@@ -22,13 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pointing04 import ROOT as POINTING04  # noqa: E402
-from pointing04 import in_range, samples  # noqa: E402
-
-from facegate.faceplugin import FacepluginAnalyzer  # noqa: E402
-from facegate.face import StageTimings  # noqa: E402
-from facegate.images import read_image  # noqa: E402
-from facegate.settings import load_settings, models_dir  # noqa: E402
+from facegate.face import StageTimings
+from facegate.faceplugin import FacepluginAnalyzer
+from facegate.images import read_image
+from facegate.settings import load_settings, models_dir
+from pointing04 import ROOT as POINTING04
+from pointing04 import in_range, samples
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEEPFACE = DATA / "faces" / "deepface"
@@ -37,10 +36,20 @@ DEEPFACE = DATA / "faces" / "deepface"
 def verify_pairs() -> None:
     print("== verify-pairs (facegate verify-pairs --json) ==")
     for name in ("pairs_master.csv", "pairs_pivot.csv"):
-        cmd = [sys.executable, "-m", "facegate.cli", "verify-pairs", str(DEEPFACE / name),
-               "--root", str(DEEPFACE), "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "facegate.cli",
+            "verify-pairs",
+            str(DEEPFACE / name),
+            "--root",
+            str(DEEPFACE),
+            "--json",
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        print(f"{name}: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr}")
+        print(
+            f"{name}: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr}"
+        )
 
 
 def pose(analyzer: FacepluginAnalyzer) -> None:
@@ -61,8 +70,10 @@ def pose(analyzer: FacepluginAnalyzer) -> None:
         tag = "fitted on this series" if series == 1 else "held out: the honest figure"
         print(f"series {series} ({tag}): n={len(part)} detection rate {rate:.3f}")
         print(f"  raw net   yaw MAE {raw_mae[0]:.2f}  pitch MAE {raw_mae[1]:.2f}")
-        print(f"  fused     yaw MAE {mae[0]:.2f}  pitch MAE {mae[1]:.2f}  "
-              f"bias yaw {bias[0]:+.2f} pitch {bias[1]:+.2f}  pitch sign right at |30|: {sign:.3f}")
+        print(
+            f"  fused     yaw MAE {mae[0]:.2f}  pitch MAE {mae[1]:.2f}  "
+            f"bias yaw {bias[0]:+.2f} pitch {bias[1]:+.2f}  pitch sign right at |30|: {sign:.3f}"
+        )
 
 
 def one_face_frame() -> np.ndarray:
@@ -91,10 +102,14 @@ def speed(analyzer: FacepluginAnalyzer, runs: int = 200) -> None:
         totals.append((time.perf_counter() - t0) * 1e3)
         stages.append(analyzer.timings)
     assert len(faces) == 1, f"expected one face, found {len(faces)}"
-    med = {k: statistics.median(getattr(s, k) for s in stages)
-           for k in ("detect", "landmarks", "align", "pose", "embed")}
-    print(f"median {statistics.median(totals):.1f} ms  p95 {np.percentile(totals, 95):.1f} ms "
-          f"(face {faces[0].quality.face_px:.0f} px, {runs} runs)")
+    med = {
+        k: statistics.median(getattr(s, k) for s in stages)
+        for k in ("detect", "landmarks", "align", "pose", "embed")
+    }
+    print(
+        f"median {statistics.median(totals):.1f} ms  p95 {np.percentile(totals, 95):.1f} ms "
+        f"(face {faces[0].quality.face_px:.0f} px, {runs} runs)"
+    )
     print("  per stage (median ms): " + "  ".join(f"{k} {v:.1f}" for k, v in med.items()))
 
 

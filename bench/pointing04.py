@@ -44,8 +44,11 @@ def samples(analyzer: FacepluginAnalyzer, root: Path = ROOT, max_yaw: float = 60
         frame = read_image(root / row["path"])
         cx, cy = float(row["face_cx"]), float(row["face_cy"])
         hit = next(
-            (d for d in analyzer.detect(frame)
-             if d.bbox[0] <= cx <= d.bbox[2] and d.bbox[1] <= cy <= d.bbox[3]),
+            (
+                d
+                for d in analyzer.detect(frame)
+                if d.bbox[0] <= cx <= d.bbox[2] and d.bbox[1] <= cy <= d.bbox[3]
+            ),
             None,
         )
         sample = Sample(row["path"], int(row["series"]), yaw, pitch, hit is not None)

@@ -58,12 +58,23 @@ def test_analyze_reports_each_file_and_keeps_going(
     # The path is echoed exactly as given, however it is spelled.
     odd = str(images["dir"]) + "/../imgs/good.jpg"
     code, lines, _ = run(
-        capsys, "analyze", odd, missing, str(images["corrupt"]), str(images["noise"]),
-        str(images["dir"]), str(images["blank"]), "--json",
+        capsys,
+        "analyze",
+        odd,
+        missing,
+        str(images["corrupt"]),
+        str(images["noise"]),
+        str(images["dir"]),
+        str(images["blank"]),
+        "--json",
     )
     assert code == 1
     assert [line["path"] for line in lines] == [
-        odd, missing, str(images["corrupt"]), str(images["noise"]), str(images["dir"]),
+        odd,
+        missing,
+        str(images["corrupt"]),
+        str(images["noise"]),
+        str(images["dir"]),
         str(images["blank"]),
     ]
     good, nofile, corrupt, noise, directory, blank = lines
@@ -91,13 +102,15 @@ def test_analyze_embeddings_flag_adds_unit_vectors(
 def test_compare_same_and_different(
     capsys: pytest.CaptureFixture[str], env: Path, deepface: Path, faceplugin_dir: Path
 ) -> None:
-    code, lines, _ = run(capsys, "compare", str(deepface / "img1.jpg"), str(deepface / "img2.jpg"),
-                         "--json")
+    code, lines, _ = run(
+        capsys, "compare", str(deepface / "img1.jpg"), str(deepface / "img2.jpg"), "--json"
+    )
     assert code == 0 and lines[0]["same_person"] is True
     assert lines[0]["similarity"] >= lines[0]["threshold"]
     assert lines[0]["path_a"] == str(deepface / "img1.jpg")
-    code, lines, _ = run(capsys, "compare", str(deepface / "img1.jpg"),
-                         str(deepface / "img20.jpg"), "--json")
+    code, lines, _ = run(
+        capsys, "compare", str(deepface / "img1.jpg"), str(deepface / "img20.jpg"), "--json"
+    )
     assert code == 0 and lines[0]["same_person"] is False
 
 
@@ -119,19 +132,30 @@ def test_verify_pairs_on_deepface(
     assert code == 0
     rep = lines[-1]
     assert rep["path"] == pairs and rep["pairs"] == 300 and rep["no_face"] == 0
-    for key in ("accuracy", "threshold", "auc", "tar_at_far_1e-2", "tar_at_far_1e-3",
-                "recommended_threshold"):
+    for key in (
+        "accuracy",
+        "threshold",
+        "auc",
+        "tar_at_far_1e-2",
+        "tar_at_far_1e-3",
+        "recommended_threshold",
+    ):
         assert key in rep
     assert rep["accuracy"] >= 0.98 and rep["auc"] >= 0.99
 
 
 def test_verify_pairs_reports_bad_images_and_still_scores(
-    capsys: pytest.CaptureFixture[str], env: Path, images: dict[str, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    env: Path,
+    images: dict[str, Path],
+    tmp_path: Path,
     faceplugin_dir: Path,
 ) -> None:
     csv = tmp_path / "pairs.csv"
-    csv.write_text("file_x,file_y,decision\ngood.jpg,good.jpg,yes\ngood.jpg,corrupt.jpg,no\n"
-                   "good.jpg,blank.png,no\n")
+    csv.write_text(
+        "file_x,file_y,decision\ngood.jpg,good.jpg,yes\ngood.jpg,corrupt.jpg,no\n"
+        "good.jpg,blank.png,no\n"
+    )
     code, lines, _ = run(capsys, "verify-pairs", str(csv), "--root", str(images["dir"]), "--json")
     assert code == 1
     errors = [line for line in lines if "error" in line]
@@ -149,7 +173,10 @@ def test_verify_pairs_reports_bad_images_and_still_scores(
     ],
 )
 def test_verify_pairs_bad_pairs_file_cannot_run(
-    capsys: pytest.CaptureFixture[str], env: Path, tmp_path: Path, content: str | None,
+    capsys: pytest.CaptureFixture[str],
+    env: Path,
+    tmp_path: Path,
+    content: str | None,
     message: str,
 ) -> None:
     csv = tmp_path / "pairs.csv"
@@ -178,16 +205,21 @@ def test_data_dir_settings_file_is_used_and_data_flag_works_everywhere(
     data = tmp_path / "elsewhere"
     data.mkdir()
     (data / "settings.toml").write_text(f'[models]\ndir = "{tmp_path / "nomodels"}"\n')
-    for argv in (["--data", str(data), "models", "list", "--json"],
-                 ["models", "list", "--json", "--data", str(data)],
-                 ["models", "--data", str(data), "list", "--json"]):
+    for argv in (
+        ["--data", str(data), "models", "list", "--json"],
+        ["models", "list", "--json", "--data", str(data)],
+        ["models", "--data", str(data), "list", "--json"],
+    ):
         code, lines, _ = run(capsys, *argv)
         assert code == 0
         assert all(line["path"].startswith(str(tmp_path / "nomodels")) for line in lines)
 
 
 def test_missing_model_pack_names_the_fix(
-    capsys: pytest.CaptureFixture[str], env: Path, tmp_path: Path, images: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    env: Path,
+    tmp_path: Path,
+    images: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FACEGATE_MODELS_DIR", str(tmp_path / "empty"))
@@ -197,13 +229,18 @@ def test_missing_model_pack_names_the_fix(
     assert "Traceback" not in err
 
 
-def test_models_list_json(capsys: pytest.CaptureFixture[str], env: Path, tmp_path: Path,
-                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_list_json(
+    capsys: pytest.CaptureFixture[str], env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FACEGATE_MODELS_DIR", str(tmp_path / "m"))
     code, lines, _ = run(capsys, "models", "list", "--json")
     assert code == 0
-    assert [line["name"] for line in lines] == ["faceplugin", "buffalo_l", "buffalo_s",
-                                                "antelopev2"]
+    assert [line["name"] for line in lines] == [
+        "faceplugin",
+        "buffalo_l",
+        "buffalo_s",
+        "antelopev2",
+    ]
     assert all(line["verified"] is False for line in lines)
     assert [line["selected"] for line in lines] == [True, False, False, False]
 
@@ -211,8 +248,13 @@ def test_models_list_json(capsys: pytest.CaptureFixture[str], env: Path, tmp_pat
 def test_console_script_is_installed(faceplugin_dir: Path, deepface: Path) -> None:
     exe = Path(sys.executable).parent / "facegate"
     assert exe.exists(), "the console script `facegate` is not installed in the venv"
-    out = subprocess.run([str(exe), "analyze", str(deepface / "img1.jpg"), "--json"],
-                         capture_output=True, text=True, check=False, timeout=120)
+    out = subprocess.run(
+        [str(exe), "analyze", str(deepface / "img1.jpg"), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["faces"]
 

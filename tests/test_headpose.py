@@ -245,11 +245,6 @@ def test_fused_yaw_and_pitch_stay_within_90(seed: int) -> None:
         assert math.isfinite(roll)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuse returns the network's angles unclamped (bins reach -99..96) when the "
-    "landmark geometry is not finite",
-)
 def test_fused_angles_stay_within_90_for_non_finite_landmarks() -> None:
     points = np.full((68, 2), np.nan, np.float32)
     yaw, pitch, _ = fuse((-99.0, 96.0, 0.0), points)

@@ -123,3 +123,24 @@ def test_image_at_the_pixel_limit_is_accepted() -> None:
     width, height = 8000, 5000
     assert width * height == MAX_PIXELS
     assert decode_image(black_png(width, height)).shape == (height, width, 3)
+
+
+def test_header_size_reads_png_and_jpeg_without_decoding(deepface: Path, tmp_path: Path) -> None:
+    from facegate.images import header_size
+
+    data = (deepface / "img1.jpg").read_bytes()
+    img = decode_image(data)
+    assert header_size(data) == (img.shape[1], img.shape[0])
+    ok, png = cv2.imencode(".png", np.zeros((7, 11, 3), np.uint8))
+    assert ok and header_size(png.tobytes()) == (11, 7)
+    assert header_size(b"GIF89a....") is None
+
+
+def test_a_decompression_bomb_is_refused_before_decoding() -> None:
+    # A PNG header that claims 100000 x 100000 pixels: refused from the header alone.
+    ok, png = cv2.imencode(".png", np.zeros((2, 2, 3), np.uint8))
+    assert ok
+    data = bytearray(png.tobytes())
+    data[16:24] = (100_000).to_bytes(4, "big") + (100_000).to_bytes(4, "big")
+    with pytest.raises(ImageError, match="megapixel"):
+        decode_image(bytes(data), "bomb.png")

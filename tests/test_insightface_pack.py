@@ -18,7 +18,7 @@ from insightface.utils import transform
 from insightface.utils.face_align import arcface_dst
 from onnx import TensorProto, helper, numpy_helper
 
-from facegate.face import Detection, Point
+from facegate.face import Detection, ImageArray, Point
 from facegate.insightface_pack import (
     InsightFaceAnalyzer,
     five_point_model,
@@ -76,7 +76,7 @@ def test_insightface_pose_converted_to_project_convention(axis: str, degrees: fl
     pts = (m @ rotation(axis, degrees).T) * 90.0 + np.array([320.0, 240.0, 0.0])
     if axis == "yaw":  # the physical meaning of the synthetic rotation
         assert np.sign(pts[30, 0] - pts[27, 0]) == -np.sign(degrees)
-    yaw, pitch, roll = pose_from_insightface(np.array(insightface_pose(pts)[:3]))
+    yaw, pitch, roll = pose_from_insightface(insightface_pose(pts))
     expected = {"yaw": 0.0, "pitch": 0.0, "roll": 0.0} | {axis: degrees}
     assert yaw == pytest.approx(expected["yaw"], abs=0.01)
     assert pitch == pytest.approx(expected["pitch"], abs=0.01)
@@ -196,7 +196,8 @@ FAKE_FACES = [
 
 
 def fake_landmarks(cx: float, cy: float, half_w: float) -> F64:
-    return (np.asarray(arcface_dst, np.float64) - 56.0) * (half_w / 56.0) + np.array([cx, cy])
+    pts: F64 = (np.asarray(arcface_dst, np.float64) - 56.0) * (half_w / 56.0) + (cx, cy)
+    return pts
 
 
 def write_detector(path: Path) -> None:
@@ -322,7 +323,9 @@ def test_real_pack(pack: str) -> None:
     photo = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "deepface"
     if not (photo / "img1.jpg").is_file():
         pytest.skip(f"no test photo at {photo}/img1.jpg")
-    img = cv2.imread(str(photo / "img1.jpg"))
+    raw = cv2.imread(str(photo / "img1.jpg"))
+    assert raw is not None
+    img: ImageArray = np.ascontiguousarray(raw, dtype=np.uint8)
     faces = an.analyze(img)
     assert faces, f"{pack} found no face in img1.jpg"
     face = faces[0]

@@ -9,13 +9,13 @@ import shutil
 import socket
 import stat
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from facegate import modelpack
 from facegate.modelpack import (
     FACEPLUGIN_FILES,
     ModelPackError,
@@ -307,7 +307,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, payload: bytes, seen: list[str]) -> N
         assert timeout > 0
         return FakeResponse(payload)
 
-    monkeypatch.setattr(modelpack.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
 
 
 def test_download_installs_a_nested_zip_atomically(

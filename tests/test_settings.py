@@ -58,11 +58,6 @@ def test_environment_overrides_threshold(name: str) -> None:
     assert s.recognition.target_far == RecognitionSettings().target_far
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="overriding one key of a quality gate replaces the whole default gate, whose "
-    "other fields are required: 'Object missing required field max_abs_yaw'",
-)
 @pytest.mark.parametrize(
     "name",
     ["FACEGATE_QUALITY__ENROLMENT__MIN_FACE_PX", "FACEGATE_QUALITY_ENROLMENT_MIN_FACE_PX"],
@@ -74,9 +69,6 @@ def test_environment_overrides_nested_gate_key(name: str) -> None:
     assert s.quality.recognition == Settings().quality.recognition
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a [quality.enrolment] table with one key loses the other defaults"
-)
 def test_file_overrides_one_gate_key(tmp_path: Path) -> None:
     path = write(tmp_path, "[quality.enrolment]\nmin_face_px = 100\n")
     s = load_settings(path, environ={})
@@ -259,10 +251,6 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a settings file that is not UTF-8 escapes as UnicodeDecodeError, not SettingsError",
-)
 def test_non_utf8_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
     path.write_bytes("# caf\u00e9 (latin-1)\n[recognition]\nthreshold = 0.5\n".encode("latin-1"))

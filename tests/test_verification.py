@@ -76,10 +76,6 @@ def test_read_pairs_rejects_unknown_decision_with_file_and_line(tmp_path: Path) 
     assert f"{path}:3:" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="line numbers come from enumerate() over DictReader rows, which skips blank lines",
-)
 def test_read_pairs_line_number_counts_blank_lines(tmp_path: Path) -> None:
     path = write_csv(tmp_path, "file_x,file_y,decision\na,b,Yes\n\nc,d,maybe\n")
     with pytest.raises(PairsError) as info:
@@ -166,10 +162,6 @@ def test_threshold_at_far_is_the_lowest_meeting_the_far(seed: int, far: float) -
         assert measured_far(impostor, float(lower)) > far
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="floor(far * n) is one short when far * n rounds down (0.29 * 100 = 28.999...)",
-)
 def test_threshold_at_far_lowest_when_far_times_n_is_inexact() -> None:
     impostor = np.arange(100) / 100.0
     t = threshold_at_far(impostor, 0.29)
@@ -240,11 +232,6 @@ def test_report_json_field_names() -> None:
     assert msgspec.json.decode(msgspec.json.encode(r), type=VerificationReport) == r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="numpy float scores (a float subclass) make accuracy a numpy.float64 (sum of "
-    "numpy bools), which msgspec cannot encode",
-)
 def test_report_with_numpy_float_scores_encodes_to_json() -> None:
     pairs = [Pair("a", "b", True), Pair("c", "d", False)]
     scores: list[float | None] = [np.float64(0.7), np.float64(0.1)]
@@ -272,14 +259,7 @@ def test_rounded_recommended_threshold_rejects_the_impostor_random(seed: int) ->
     [
         0.5,
         0.123456,
-        pytest.param(
-            0.9216,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="_round_up: nextafter(0.9216) * 1e4 rounds to exactly 9216.0, so the "
-                "'rounded up' threshold is 0.9216 and accepts that impostor",
-            ),
-        ),
+        0.9216,  # nextafter(0.9216) * 1e4 is exactly 9216.0 in floating point
     ],
 )
 def test_rounded_recommended_threshold_rejects_the_impostor(impostor: float) -> None:
@@ -287,10 +267,6 @@ def test_rounded_recommended_threshold_rejects_the_impostor(impostor: float) -> 
     assert r.recommended_threshold > impostor
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tar_at_recommended is measured at the unrounded threshold, not the reported one",
-)
 def test_tar_at_recommended_is_measured_at_the_reported_threshold() -> None:
     # Highest impostor 0.40001 -> recommended 0.4001; the genuine 0.40005 is below that.
     pairs = [Pair("g", "h", True), Pair("a", "b", False)]

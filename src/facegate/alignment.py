@@ -87,7 +87,10 @@ def crop_box(frame: ImageArray, bbox: BBox, size: int) -> ImageArray:
     h = max(y2 - y1, 1.0)
     # An affine crop handles boxes that leave the frame without padding copies.
     m = np.array([[size / w, 0.0, -x1 * size / w], [0.0, size / h, -y1 * size / h]], np.float32)
-    out: ImageArray = cv2.warpAffine(
-        frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    out = np.asarray(
+        cv2.warpAffine(
+            frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        ),
+        np.uint8,
     )
     return out

@@ -10,7 +10,9 @@ from facegate.settings import Settings, models_dir
 def open_analyzer(settings: Settings) -> FaceAnalyzer:
     """The configured pack's analyzer; raises ModelPackError with the fixing command."""
     pack = settings.models.pack
-    pack_dir = require_pack(models_dir(settings), pack, allow_download=settings.models.allow_download)
+    pack_dir = require_pack(
+        models_dir(settings), pack, allow_download=settings.models.allow_download
+    )
     if pack == "faceplugin":
         from facegate.faceplugin import FacepluginAnalyzer
 

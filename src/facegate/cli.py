@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from facegate import __version__
-from facegate.face import Face, FaceAnalyzer, largest
+from facegate.face import Face, FaceAnalyzer
 from facegate.images import ImageError, read_image
 from facegate.modelpack import ModelPackError, fetch_faceplugin, list_packs, require_pack
 from facegate.quality import QualityValidator
@@ -111,10 +111,11 @@ def cmd_analyze(ctx: Context) -> int:
         lines = [f"{path}: {len(faces)} face(s)"]
         for i, item in enumerate(items):
             q = item["quality"]
+            enrolment = "ok" if q["usable_for_enrolment"] else "; ".join(q["reasons"])
             lines.append(
                 f"  #{i} box={item['bbox']} score={item['det_score']} yaw={item['yaw']} "
                 f"pitch={item['pitch']} roll={item['roll']} size={q['face_px']}px "
-                f"sharpness={q['sharpness']} enrolment={'ok' if q['usable_for_enrolment'] else '; '.join(q['reasons'])}"
+                f"sharpness={q['sharpness']} enrolment: {enrolment}"
             )
         ctx.out.emit({"path": path, "faces": items, "error": None}, "\n".join(lines))
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -134,9 +135,16 @@ def cmd_compare(ctx: Context) -> int:
     analyzer = ctx.analyzer()
     a, b = ctx.args.image_a, ctx.args.image_b
     threshold = ctx.settings.recognition.threshold
-    result: dict[str, Any] = {"path_a": a, "path_b": b, "similarity": None,
-                              "threshold": threshold, "same_person": None,
-                              "faces_a": 0, "faces_b": 0, "error": None}
+    result: dict[str, Any] = {
+        "path_a": a,
+        "path_b": b,
+        "similarity": None,
+        "threshold": threshold,
+        "same_person": None,
+        "faces_a": 0,
+        "faces_b": 0,
+        "error": None,
+    }
     try:
         face_a, result["faces_a"] = largest_face(analyzer, a)
         face_b, result["faces_b"] = largest_face(analyzer, b)
@@ -184,7 +192,11 @@ def cmd_verify_pairs(ctx: Context) -> int:
             scores.append(float(fx.embedding @ fy.embedding))
     rec = ctx.settings.recognition
     rep = report(scores, pairs, rec.threshold, rec.target_far)
-    obj: dict[str, Any] = {"path": ctx.args.pairs, "root": ctx.args.root, **msgspec.to_builtins(rep)}
+    obj: dict[str, Any] = {
+        "path": ctx.args.pairs,
+        "root": ctx.args.root,
+        **msgspec.to_builtins(rep),
+    }
     text = "\n".join(f"{k}: {v}" for k, v in obj.items())
     ctx.out.emit(obj, text)
     return EXIT_SOME_FAILED if errors else EXIT_OK
@@ -217,12 +229,24 @@ def cmd_models_list(ctx: Context) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: the option may be given before or after the subcommand without one erasing
     # the other.
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="one JSON object per line on stdout")
-    parser.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS,
-                        help="data directory (default: $FACEGATE_HOME or ~/.local/share/facegate)")
-    parser.add_argument("--settings", metavar="FILE", default=argparse.SUPPRESS,
-                        help="settings file (default: $FACEGATE_SETTINGS or DIR/settings.toml)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="one JSON object per line on stdout",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="data directory (default: $FACEGATE_HOME or ~/.local/share/facegate)",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="settings file (default: $FACEGATE_SETTINGS or DIR/settings.toml)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[Context], int], help_: str,
-            into: Any = sub) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[Context], int], help_: str, into: Any = sub
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = into.add_parser(name, help=help_, description=help_)
         _common(p)
         p.set_defaults(func=func)
@@ -244,14 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compare", cmd_compare, "cosine similarity of the largest faces of two images")
     p.add_argument("image_a", metavar="IMG_A")
     p.add_argument("image_b", metavar="IMG_B")
-    p = add("verify-pairs", cmd_verify_pairs, "accuracy, AUC, TAR@FAR and a threshold from labelled pairs")
+    p = add(
+        "verify-pairs",
+        cmd_verify_pairs,
+        "accuracy, AUC, TAR@FAR and a threshold from labelled pairs",
+    )
     p.add_argument("pairs", metavar="PAIRS.csv", help="CSV with columns file_x,file_y,decision")
     p.add_argument("--root", required=True, metavar="DIR", help="folder the file names are in")
 
     models = sub.add_parser("models", help="fetch, verify and list model packs")
     _common(models)
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    p = add("fetch", cmd_models_fetch, "fetch and verify a model pack (default: the configured one)", msub)
+    p = add(
+        "fetch",
+        cmd_models_fetch,
+        "fetch and verify a model pack (default: the configured one)",
+        msub,
+    )
     p.add_argument("--pack", choices=["faceplugin", "buffalo_l", "buffalo_s", "antelopev2"])
     add("list", cmd_models_list, "list model packs, where they live and whether they verify", msub)
     return parser

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
 from insightface.model_zoo import model_zoo
+from onnx import helper, numpy_helper
 
 from facegate import alignment, headpose
 from facegate.face import BBox, Detection, Face, ImageArray, StageTimings
@@ -62,7 +62,8 @@ class FacepluginAnalyzer:
             sess_options=_recognizer_options(threads),
         )
         self._recognizer.session = ort.InferenceSession(
-            fast_prelu(feature), sess_options=_recognizer_options(threads),
+            fast_prelu(feature),
+            sess_options=_recognizer_options(threads),
             providers=["CPUExecutionProvider"],
         )
         self._timings = StageTimings()
@@ -77,7 +78,9 @@ class FacepluginAnalyzer:
         t0 = time.perf_counter()
         boxes, scores = self._run_detector(frame_bgr)
         t1 = time.perf_counter()
-        detections = [self._landmarks(frame_bgr, box, score) for box, score in zip(boxes, scores)]
+        detections = [
+            self._landmarks(frame_bgr, box, score) for box, score in zip(boxes, scores, strict=True)
+        ]
         t2 = time.perf_counter()
         self._timings.detect = (t1 - t0) * 1e3
         self._timings.landmarks = (t2 - t1) * 1e3
@@ -166,15 +169,16 @@ class FacepluginAnalyzer:
         x1, y1, x2, y2 = bbox
         dx, dy = (x2 - x1) / 4.0, (y2 - y1) / 4.0
         crop = alignment.crop_box(frame_bgr, (x1 - dx, y1 - dy, x2 + dx, y2 + dy), POSE_SIZE)
-        blob = cv2.dnn.blobFromImage(crop, 1.0 / 255.0, (POSE_SIZE, POSE_SIZE), swapRB=True)
+        blob = np.asarray(
+            cv2.dnn.blobFromImage(crop, 1.0 / 255.0, (POSE_SIZE, POSE_SIZE), swapRB=True),
+            np.float32,
+        )
         blob -= IMAGENET_MEAN
         blob /= IMAGENET_STD
         yaw_bins, pitch_bins, roll_bins = self._pose.run(None, {"input": blob})
         return headpose.decode_bins(yaw_bins[0], pitch_bins[0], roll_bins[0])
 
-    def head_pose(
-        self, frame_bgr: ImageArray, detection: Detection
-    ) -> tuple[float, float, float]:
+    def head_pose(self, frame_bgr: ImageArray, detection: Detection) -> tuple[float, float, float]:
         net = self.pose_net(frame_bgr, detection.bbox)
         points = detection.dense_landmarks
         if points is None:

@@ -63,7 +63,14 @@ def decode_bins(
 class LandmarkGeometry:
     """Scale- and roll-free ratios of the 68 iBUG points that move with yaw and pitch."""
 
-    __slots__ = ("bridge_height", "chin_drop", "jaw_asymmetry", "nose_height", "nose_offset", "roll")
+    __slots__ = (
+        "bridge_height",
+        "chin_drop",
+        "jaw_asymmetry",
+        "nose_height",
+        "nose_offset",
+        "roll",
+    )
 
     def __init__(self, points68: npt.NDArray[np.float32]) -> None:
         p = np.asarray(points68, np.float64).reshape(68, 2)
@@ -111,7 +118,7 @@ def fuse(
     net_yaw, net_pitch, _ = net
     geo = LandmarkGeometry(points68)
     if not all(math.isfinite(v) for v in (geo.nose_offset, geo.nose_height, geo.chin_drop)):
-        return net
+        return _clamp(net_yaw), _clamp(net_pitch), _clamp(net[2])
     yaw_features = geo.yaw_features(net_yaw)
     pitch_features = geo.pitch_features(net_pitch)
     geo_yaw = _dot(YAW_GEOMETRY_WEIGHTS, yaw_features[1:])

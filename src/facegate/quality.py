@@ -31,7 +31,9 @@ def check(face: Face, gate: QualityGate) -> GateResult:
         reasons.append("head pose unknown")
     else:
         if abs(face.yaw) > gate.max_abs_yaw:
-            reasons.append(f"head turned too far: yaw {face.yaw:+.0f} deg (max {gate.max_abs_yaw:.0f})")
+            reasons.append(
+                f"head turned too far: yaw {face.yaw:+.0f} deg (max {gate.max_abs_yaw:.0f})"
+            )
         if abs(face.pitch) > gate.max_abs_pitch:
             reasons.append(
                 f"head tilted too far: pitch {face.pitch:+.0f} deg (max {gate.max_abs_pitch:.0f})"

@@ -152,13 +152,27 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, table by table, so one key can change inside a section."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def _convert(raw: dict[str, Any], origin: str) -> Settings:
+    defaults: dict[str, Any] = msgspec.to_builtins(Settings())
     try:
-        return msgspec.convert(raw, Settings)
+        return msgspec.convert(_merge(defaults, raw), Settings)
     except msgspec.ValidationError as exc:
         # msgspec says e.g. "Expected `float` <= 1.0 - at `$.recognition.threshold`".
         message = str(exc)

@@ -62,16 +62,21 @@ def read_pairs(path: Path) -> list[Pair]:
     fields = {name.strip().lower(): name for name in (reader.fieldnames or [])}
     missing = [c for c in ("file_x", "file_y", "decision") if c not in fields]
     if missing:
-        raise PairsError(f"{path}: missing column(s) {', '.join(missing)} (need file_x,file_y,decision)")
+        raise PairsError(
+            f"{path}: missing column(s) {', '.join(missing)} (need file_x,file_y,decision)"
+        )
     pairs: list[Pair] = []
-    for line_no, row in enumerate(reader, start=2):
+    for row in reader:
+        line_no = reader.line_num
         word = (row.get(fields["decision"]) or "").strip().lower()
         if word in TRUE_WORDS:
             same = True
         elif word in FALSE_WORDS:
             same = False
         else:
-            raise PairsError(f"{path}:{line_no}: decision {word!r} is not Yes/No, 1/0 or true/false")
+            raise PairsError(
+                f"{path}:{line_no}: decision {word!r} is not Yes/No, 1/0 or true/false"
+            )
         fx = (row.get(fields["file_x"]) or "").strip()
         fy = (row.get(fields["file_y"]) or "").strip()
         if not fx or not fy:
@@ -107,6 +112,8 @@ def threshold_at_far(impostor: npt.NDArray[np.float64], far: float) -> float:
     if impostor.size == 0:
         return math.nan
     allowed = math.floor(far * impostor.size)  # false accepts we may have
+    if (allowed + 1) / impostor.size <= far:  # far * n fell just short of an integer
+        allowed += 1
     desc = np.sort(impostor)[::-1]
     if allowed >= desc.size:
         return float(desc[-1])
@@ -115,11 +122,15 @@ def threshold_at_far(impostor: npt.NDArray[np.float64], far: float) -> float:
 
 
 def _round_up(value: float, places: int = 4) -> float:
-    """Round up, so a rounded threshold still rejects the impostor it was set above."""
+    """The smallest `places`-decimal number >= value: a rounded threshold that still rejects
+    the impostor score it was set just above."""
     if math.isnan(value):
         return value
     scale = 10.0**places
-    return math.ceil(value * scale) / scale
+    result = math.floor(value * scale) / scale
+    while result < value:
+        result = round(result + 1.0 / scale, places)
+    return result
 
 
 def tar_at(genuine: npt.NDArray[np.float64], threshold: float) -> float:
@@ -135,8 +146,8 @@ def report(
     scored = [(s, p.same) for s, p in zip(scores, pairs, strict=True) if s is not None]
     genuine = np.array([s for s, same in scored if same], np.float64)
     impostor = np.array([s for s, same in scored if not same], np.float64)
-    correct = sum((s >= threshold) == same for s, same in scored)
-    recommended = threshold_at_far(impostor, target_far)
+    correct = sum(bool(s >= threshold) == same for s, same in scored)
+    recommended = _round_up(threshold_at_far(impostor, target_far))
     return VerificationReport(
         pairs=len(pairs),
         no_face=len(pairs) - len(scored),
@@ -146,7 +157,7 @@ def report(
         tar_far_2=tar_at(genuine, threshold_at_far(impostor, 1e-2)),
         tar_far_3=tar_at(genuine, threshold_at_far(impostor, 1e-3)),
         target_far=target_far,
-        recommended_threshold=_round_up(recommended),
+        recommended_threshold=recommended,
         tar_at_recommended=tar_at(genuine, recommended),
         far_resolution=1.0 / impostor.size if impostor.size else math.nan,
         genuine_pairs=int(genuine.size),
