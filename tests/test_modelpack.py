@@ -9,12 +9,12 @@ import shutil
 import socket
 import stat
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from insightface.utils import storage
 
 from facegate.modelpack import (
     FACEPLUGIN_FILES,
@@ -285,14 +285,6 @@ def test_download_on_an_offline_machine_fails_cleanly(tmp_path: Path) -> None:
     assert list(models.iterdir()) == []  # no pack dir, no zip, no staging dir
 
 
-class FakeResponse(io.BytesIO):
-    def __enter__(self) -> FakeResponse:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def zip_bytes(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -302,12 +294,14 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 
 def serve(monkeypatch: pytest.MonkeyPatch, payload: bytes, seen: list[str]) -> None:
-    def urlopen(url: str, timeout: float) -> Any:
-        seen.append(url)
-        assert timeout > 0
-        return FakeResponse(payload)
+    """insightface's own downloader, with the network scripted: it 'downloads' payload."""
 
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    def download_file(url: str, path: str, overwrite: bool = False, **_: Any) -> str:
+        seen.append(url)
+        Path(path).write_bytes(payload)
+        return path
+
+    monkeypatch.setattr(storage, "download_file", download_file)
 
 
 def test_download_installs_a_nested_zip_atomically(

@@ -14,16 +14,15 @@ that fixes it. Nothing here prints; progress goes to an optional `log` callback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import http.client
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
@@ -39,7 +38,6 @@ Log = Callable[[str], None]
 NPM_SPEC = "faceplugin-face-recognition-js@0.0.1"
 NPM_TARBALL_SHA256 = "7ea06031d9a3f83753254fcff60506a07b81b46fc84d4ee024cd041f260ec1ba"
 NPM_TIMEOUT_S = 600.0
-DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation (connect, each read), not the whole download
 
 FACEPLUGIN = "faceplugin"
 # file -> (bytes, sha256), from ../shared/docs/model-pack-faceplugin.md
@@ -344,33 +342,27 @@ def require_pack(
 
 
 def _download_insightface(models_dir: Path, name: str, say: Log) -> None:
-    """Download `<name>.zip` from insightface's model zoo and unpack it to `<models_dir>/<name>`.
+    """insightface downloads `<name>.zip` from its model zoo; it lands in `<models_dir>/<name>`.
 
-    Not `insightface.utils.storage.download` itself: that calls `requests.get` without a
-    timeout (a socket default timeout does not reach it), prints to stdout, unpacks straight
-    into the final folder and keeps the zip beside it, so a failed or interrupted download
-    would leave a half pack that later counts as present. This uses the same URL
-    (`storage.model_zoo_download_url`) but downloads and unpacks in a hidden staging folder
-    that is renamed into place only when the pack verifies, and removed on any failure.
+    insightface's `storage.download` unpacks straight into its target folder and keeps the zip
+    beside it, so it is pointed at a hidden staging folder that is renamed into place only when
+    the pack verifies, and removed on any failure: an interrupted download never leaves a half
+    pack that would later count as present. It prints progress to stdout, which is sent to
+    stderr here so `--json` output stays clean. (It calls `requests.get` without a timeout: a
+    network that accepts the connection and then stalls makes it wait.)
     """
     url: str = storage.model_zoo_download_url(f"{name}.zip")
     pack_dir = models_dir / name
-    say(f"{name}: downloading {url}")
+    say(f"{name}: insightface downloads {url}")
     try:
         models_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=models_dir))
     except OSError as exc:
         raise ModelPackError(f"cannot write to {models_dir}: {_one_line(exc)}") from None
     try:
-        archive = staging / f"{name}.zip"
-        with (
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-            archive.open("wb") as out,
-        ):
-            shutil.copyfileobj(response, out, 1 << 20)
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(staging / name)  # zipfile drops absolute paths and ".." components
-        archive.unlink()
+        with contextlib.redirect_stdout(sys.stderr):
+            storage.download(".", name, force=True, root=str(staging))
+        (staging / f"{name}.zip").unlink(missing_ok=True)
         if not _insightface_status(staging / name, name).verified:
             wanted = " and ".join(INSIGHTFACE_PACKS[name])
             raise ValueError(f"the downloaded {name}.zip does not hold {wanted}")
@@ -378,7 +370,7 @@ def _download_insightface(models_dir: Path, name: str, say: Log) -> None:
             pack_dir.rmdir()  # empty (checked by the caller): e.g. left by an old failed attempt
         os.rename(staging / name, pack_dir)
         say(f"{name}: installed in {pack_dir}")
-    except (OSError, http.client.HTTPException, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # requests, zipfile, OS errors: all mean "not installed"
         raise ModelPackError(
             f"could not download InsightFace pack {name} from {url}: {_one_line(exc)}."
             f" Put the .onnx files of {name}.zip (at least {' and '.join(INSIGHTFACE_PACKS[name])})"
