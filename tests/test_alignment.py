@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -169,3 +170,24 @@ def test_quality_face_px_is_the_shorter_box_side() -> None:
     assert q.face_px == 60.0
     assert q.brightness == pytest.approx(90)
     assert q.sharpness == 0.0
+
+
+def test_a_large_face_aligns_like_the_same_face_photographed_smaller(deepface: Path) -> None:
+    """Anti-aliasing: aligning a face 16x the template size gives (nearly) the crop of the same
+    picture area-downscaled 8x first, unlike the aliased crop of a direct 16x warp."""
+    from insightface.utils import face_align
+
+    from facegate.alignment import align
+    from facegate.images import read_image
+
+    img = read_image(deepface / "img40.jpg")  # 1700 px face: detail a direct warp would alias
+    big = arcface_dst * 16.0 + np.array([455.0, 1055.0], np.float32)
+    small_img = cv2.resize(img, None, fx=0.125, fy=0.125, interpolation=cv2.INTER_AREA)
+    reference = align(small_img, tuple(map(tuple, big * 0.125)))  # type: ignore[arg-type]
+    ours = align(img, tuple(map(tuple, big)))  # type: ignore[arg-type]
+    direct = face_align.norm_crop(img, big, 112)
+
+    def mean_abs(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+        return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+    assert mean_abs(ours, reference) < 0.5 * mean_abs(direct, reference)

@@ -6,6 +6,7 @@ Umeyama, onto the ArcFace reference points), so every pack aligns the same way.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import cv2
@@ -44,10 +45,43 @@ def five_points_from_68(points68: npt.NDArray[np.float32]) -> Landmarks5:
     return tuple((float(x), float(y)) for x, y in pts)  # type: ignore[return-value]
 
 
+# warpAffine samples bilinearly: shrinking more than 2x skips pixels and aliases (a 1000 px
+# face warped straight to 112 px loses 0.5 in d' on the deepface pairs). Larger shrinks are
+# done in two steps: an area-averaging resize of the face's region, then the warp.
+MAX_WARP_SHRINK = 2.0
+
+
+def _prescaled(
+    frame: ImageArray, region: BBox, shrink: float
+) -> tuple[ImageArray, float, float, float]:
+    """The part of `frame` under `region`, area-resized so only MAX_WARP_SHRINK is left to the
+    warp: (image, factor, x offset, y offset) with new = (old - offset) * factor."""
+    if shrink <= MAX_WARP_SHRINK:
+        return frame, 1.0, 0.0, 0.0
+    h, w = frame.shape[:2]
+    x0, y0 = max(0, int(region[0])), max(0, int(region[1]))
+    x1, y1 = min(w, math.ceil(region[2])), min(h, math.ceil(region[3]))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return frame, 1.0, 0.0, 0.0
+    factor = MAX_WARP_SHRINK / shrink
+    sub = cv2.resize(frame[y0:y1, x0:x1], None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    return np.asarray(sub, np.uint8), factor, float(x0), float(y0)
+
+
 def align(frame_bgr: ImageArray, landmarks: Landmarks5) -> ImageArray:
-    """The 112x112 aligned crop (same channel order as the frame)."""
+    """The 112x112 aligned crop (same channel order as the frame), anti-aliased."""
     lmk = np.asarray(landmarks, dtype=np.float32)
-    crop: ImageArray = face_align.norm_crop(frame_bgr, landmark=lmk, image_size=ALIGNED_SIZE)
+    transform = face_align.estimate_norm(lmk, ALIGNED_SIZE)
+    shrink = 1.0 / math.sqrt(abs(float(np.linalg.det(transform[:, :2]))))
+    # The region the template covers, with a margin: 112 px at this shrink around the points.
+    cx, cy = lmk.mean(axis=0)
+    half = ALIGNED_SIZE * shrink
+    image, factor, ox, oy = _prescaled(
+        frame_bgr, (cx - half, cy - half, cx + half, cy + half), shrink
+    )
+    if factor != 1.0:
+        lmk = (lmk - np.array([ox, oy], np.float32)) * np.float32(factor)
+    crop: ImageArray = face_align.norm_crop(image, landmark=lmk, image_size=ALIGNED_SIZE)
     return crop
 
 
@@ -82,6 +116,15 @@ def square_box(bbox: BBox) -> BBox:
 
 def crop_box(frame: ImageArray, bbox: BBox, size: int) -> ImageArray:
     """Crop `bbox` (may reach outside the frame, filled with black) resized to size x size."""
+    shrink = max(bbox[2] - bbox[0], bbox[3] - bbox[1]) / size
+    frame, factor, ox, oy = _prescaled(frame, bbox, shrink)
+    if factor != 1.0:
+        bbox = (
+            (bbox[0] - ox) * factor,
+            (bbox[1] - oy) * factor,
+            (bbox[2] - ox) * factor,
+            (bbox[3] - oy) * factor,
+        )
     x1, y1, x2, y2 = bbox
     w = max(x2 - x1, 1.0)
     h = max(y2 - y1, 1.0)

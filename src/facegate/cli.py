@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from facegate import __version__
-from facegate.face import Face, FaceAnalyzer
+from facegate.face import Face, FaceAnalyzer, primary
 from facegate.images import ImageError, read_image
 from facegate.modelpack import ModelPackError, fetch_faceplugin, list_packs, require_pack
 from facegate.quality import QualityValidator
@@ -122,13 +122,16 @@ def cmd_analyze(ctx: Context) -> int:
 
 
 # -- compare ---------------------------------------------------------------------------------
-def largest_face(analyzer: FaceAnalyzer, path: str) -> tuple[Face | None, int]:
-    """The largest face of an image with its embedding, and how many faces it has."""
+def main_face(analyzer: FaceAnalyzer, path: str) -> tuple[Face | None, int]:
+    """The primary face of an image (largest in focus) with its embedding, and the face count."""
     frame = read_image(path)
     detections = analyzer.detect(frame)
-    if not detections:
+    faces = [analyzer.describe(frame, d, embed=False, pose=False) for d in detections]
+    chosen = primary(faces)
+    if chosen is None:
         return None, 0
-    return analyzer.describe(frame, detections[0], embed=True, pose=False), len(detections)
+    detection = detections[faces.index(chosen)]
+    return analyzer.describe(frame, detection, embed=True, pose=False), len(detections)
 
 
 def cmd_compare(ctx: Context) -> int:
@@ -146,8 +149,8 @@ def cmd_compare(ctx: Context) -> int:
         "error": None,
     }
     try:
-        face_a, result["faces_a"] = largest_face(analyzer, a)
-        face_b, result["faces_b"] = largest_face(analyzer, b)
+        face_a, result["faces_a"] = main_face(analyzer, a)
+        face_b, result["faces_b"] = main_face(analyzer, b)
     except ImageError as exc:
         result["error"] = str(exc)
         ctx.out.emit(result, f"ERROR {exc}")
@@ -178,7 +181,7 @@ def cmd_verify_pairs(ctx: Context) -> int:
     errors = 0
     for name in dict.fromkeys(n for p in pairs for n in (p.file_x, p.file_y)):
         try:
-            embeddings[name], _ = largest_face(analyzer, str(root / name))
+            embeddings[name], _ = main_face(analyzer, str(root / name))
         except ImageError as exc:
             errors += 1
             embeddings[name] = None
@@ -266,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("analyze", cmd_analyze, "detect faces; print boxes, pose and quality per image")
     p.add_argument("images", nargs="+", metavar="IMG")
     p.add_argument("--embeddings", action="store_true", help="add each face's embedding")
-    p = add("compare", cmd_compare, "cosine similarity of the largest faces of two images")
+    p = add("compare", cmd_compare, "cosine similarity of the main faces of two images")
     p.add_argument("image_a", metavar="IMG_A")
     p.add_argument("image_b", metavar="IMG_B")
     p = add(

@@ -112,3 +112,25 @@ class FaceAnalyzer(Protocol):
 
 def largest(faces: list[Face]) -> Face | None:
     return max(faces, key=lambda f: f.size, default=None)
+
+
+# A face less than this fraction as sharp as the sharpest face of the same picture is out of
+# focus (a person in the background): its size counts for proportionally less.
+IN_FOCUS_FRACTION = 0.5
+
+
+def primary(faces: list[Face]) -> Face | None:
+    """The face a photo is "of": the largest face, discounting out-of-focus ones.
+
+    Size alone picks a blurred bystander whose box is larger than the subject's (the detector
+    scores such faces 0.8-0.97); detector score alone picks blurred background patches.
+    """
+    if not faces:
+        return None
+    sharpest = max(f.quality.sharpness for f in faces)
+
+    def weight(face: Face) -> float:
+        focus = face.quality.sharpness / (IN_FOCUS_FRACTION * sharpest) if sharpest > 0 else 1.0
+        return face.size * min(1.0, focus)
+
+    return max(faces, key=weight)

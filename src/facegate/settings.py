@@ -50,7 +50,7 @@ class DetectionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 class RecognitionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Cosine similarity at or above which two faces are the same person.
-    threshold: Cosine = 0.42
+    threshold: Cosine = 0.45
     # `verify-pairs` recommends the threshold that reaches this false-accept rate.
     target_far: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.001
 
