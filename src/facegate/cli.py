@@ -209,13 +209,17 @@ def cmd_verify_pairs(ctx: Context) -> int:
 def cmd_models_fetch(ctx: Context) -> int:
     pack = ctx.args.pack or ctx.settings.models.pack
     where = models_dir(ctx.settings)
+    progress = _to_stderr
     if pack == "faceplugin":
-        status = fetch_faceplugin(where, log=lambda m: print(m, file=sys.stderr))
-        path = status.path
+        path = fetch_faceplugin(where, log=progress).path
     else:
-        path = str(require_pack(where, pack, allow_download=True))
+        path = str(require_pack(where, pack, allow_download=True, log=progress))
     ctx.out.emit({"name": pack, "path": path, "verified": True}, f"{pack}: ready in {path}")
     return EXIT_OK
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_models_list(ctx: Context) -> int:
