@@ -53,6 +53,31 @@ class RecognitionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_on
     threshold: Cosine = 0.45
     # `verify-pairs` recommends the threshold that reaches this false-accept rate.
     target_far: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.001
+    # `known` needs the best person ahead of the second-best person by this much cosine;
+    # above the threshold but closer than this is `ambiguous`.
+    margin: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.05
+    # How a person's embeddings combine into one score for a probe: the best single match,
+    # or the mean of the best two (steadier for persons with many views).
+    aggregate: Literal["max", "mean_top2"] = "max"
+    # A new enrolment whose faces match an existing person at or above this is a duplicate.
+    duplicate_threshold: Cosine = 0.45
+
+
+class IndexSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Exact search below this many vectors; an IVF index (approximate) from this size up.
+    approximate_above: Annotated[int, Meta(ge=1)] = 200_000
+    # IVF lists probed per query (recall against speed).
+    nprobe: Annotated[int, Meta(ge=1, le=65_536)] = 32
+    # An index that took longer than this to build is saved beside the database and reused
+    # at the next start when its generation stamp still matches.
+    save_after_build_seconds: Annotated[float, Meta(ge=0.0)] = 2.0
+    # FAISS threads for search and build.
+    threads: Annotated[int, Meta(ge=1, le=64)] = 1
+
+
+class StoreSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Keep a small JPEG of each person's best aligned face for the panel.
+    thumbnails: bool = True
 
 
 class QualityGate(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -97,6 +122,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     detection: DetectionSettings = msgspec.field(default_factory=DetectionSettings)
     recognition: RecognitionSettings = msgspec.field(default_factory=RecognitionSettings)
     quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
+    index: IndexSettings = msgspec.field(default_factory=IndexSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
 
 
 class SettingsError(ValueError):
