@@ -134,3 +134,16 @@ def primary(faces: list[Face]) -> Face | None:
         return face.size * min(1.0, focus)
 
     return max(faces, key=weight)
+
+
+def main_face(
+    analyzer: FaceAnalyzer, image: ImageArray, *, pose: bool = True
+) -> tuple[Face | None, int]:
+    """A photo's main face (`primary`), described with its embedding, and the face count."""
+    detections = analyzer.detect(image)
+    faces = [analyzer.describe(image, d, embed=False, pose=False) for d in detections]
+    chosen = primary(faces)
+    if chosen is None:
+        return None, 0
+    detection = detections[faces.index(chosen)]
+    return analyzer.describe(image, detection, embed=True, pose=pose), len(detections)

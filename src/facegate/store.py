@@ -523,6 +523,8 @@ class BatchWriter:
         thumbnail: bytes | None,
     ) -> list[int]:
         s = self._store
+        if not embeddings:
+            raise StoreError(f"person {person_id} has no embeddings")
         if self._conn.execute("SELECT 1 FROM persons WHERE id = ?", (person_id,)).fetchone():
             raise StoreError(f"a person with id {person_id} already exists")
         self._conn.execute(

@@ -1,0 +1,258 @@
+"""The gallery: the store of known persons with its search index, and open-set decisions.
+
+Open-set identification answers "who is this, if anyone": each known person gets one score
+for a probe (the best of their embeddings, or the mean of the best two), and
+- `known` when the best person reaches the threshold and leads the runner-up person by the
+  margin,
+- `ambiguous` when the best person reaches the threshold but another is within the margin,
+- `unknown` otherwise.
+The same search answers duplicate checks: which persons are similar to a set of embeddings.
+
+The index is always rebuilt from the store (or loaded from a saved copy whose stamp matches
+the store's generation and row count); every change goes to the store first, then the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from facegate.index import VectorIndex
+from facegate.settings import Settings
+from facegate.store import NewEmbedding, Person, Store, StoreError
+
+INDEX_NAME = "index.faiss"
+SEARCH_DEPTH = 64  # nearest embeddings looked at per probe, grouped into persons
+
+Decision = Literal["known", "ambiguous", "unknown"]
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    person_id: str
+    name: str
+    similarity: float
+
+
+class Identification(msgspec.Struct, frozen=True):
+    decision: Decision
+    person_id: str | None
+    name: str | None
+    similarity: float | None  # the best person's score, whatever the decision
+    runner_up: Candidate | None
+    candidates: list[Candidate]  # best first, at most a few
+
+
+def person_score(similarities: Sequence[float], mode: str) -> float:
+    """One person's score for a probe from the similarities of their embeddings."""
+    ordered = sorted(similarities, reverse=True)
+    if mode == "mean_top2" and len(ordered) >= 2:
+        return (ordered[0] + ordered[1]) / 2.0
+    return ordered[0]
+
+
+def decide(candidates: Sequence[Candidate], threshold: float, margin: float) -> Identification:
+    """The open-set decision over candidates sorted best first."""
+    best = candidates[0] if candidates else None
+    runner = candidates[1] if len(candidates) > 1 else None
+    if best is None or best.similarity < threshold:
+        decision: Decision = "unknown"
+    elif runner is not None and best.similarity - runner.similarity < margin:
+        decision = "ambiguous"
+    else:
+        decision = "known"
+    known = decision == "known"
+    return Identification(
+        decision=decision,
+        person_id=best.person_id if known and best else None,
+        name=best.name if known and best else None,
+        similarity=best.similarity if best else None,
+        runner_up=runner,
+        candidates=list(candidates[:5]),
+    )
+
+
+class Gallery:
+    """Known persons: the store plus an index over their embeddings. Use `Gallery.open`."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.pack = settings.models.pack
+        self._index: VectorIndex | None = None
+        self._person_of: dict[int, str] = {}
+        self._names: dict[str, str] = {}
+        self.loaded_from_disk = False
+        self.start_seconds = 0.0
+
+    @classmethod
+    def open(cls, store: Store, settings: Settings) -> Gallery:
+        stored = store.model_pack()
+        if stored is not None and stored != settings.models.pack:
+            raise StoreError(
+                f"{store.data_dir} holds embeddings of model pack {stored}, but models.pack is"
+                f" {settings.models.pack}: faces from different models cannot be compared."
+                f" Set models.pack = {stored!r}, or use another --data directory"
+            )
+        gallery = cls(store, settings)
+        gallery._load()
+        return gallery
+
+    @property
+    def index_path(self) -> Path:
+        return self.store.data_dir / INDEX_NAME
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        vectors = self.store.vectors()
+        generation = self.store.generation()
+        dim = self.store.dim() or 512
+        self._person_of = dict(zip(vectors.ids.tolist(), vectors.person_ids, strict=True))
+        self._names = {p.id: p.name for p in self.store.persons()}
+        cfg = self.settings.index
+        index = VectorIndex.load(
+            self.index_path, generation=generation, count=len(vectors.ids), dim=dim, settings=cfg
+        )
+        self.loaded_from_disk = index is not None
+        if index is None:
+            matrix = vectors.matrix.reshape(len(vectors.ids), dim)
+            index = VectorIndex.build(dim, vectors.ids, matrix, cfg, generation)
+            if not self.store.readonly and index.build_seconds > cfg.save_after_build_seconds:
+                index.save(self.index_path)
+        self._index = index
+        self.start_seconds = time.perf_counter() - t0
+
+    def refresh(self) -> bool:
+        """Rebuild from the store if another process changed it; True if it did."""
+        assert self._index is not None
+        if self.store.generation() == self._index.generation:
+            return False
+        self._load()
+        return True
+
+    def __len__(self) -> int:
+        return 0 if self._index is None else len(self._index)
+
+    def name_of(self, person_id: str) -> str | None:
+        return self._names.get(person_id)
+
+    @property
+    def person_count(self) -> int:
+        return len(self._names)
+
+    # -- search ----------------------------------------------------------------------------
+    def _person_scores(self, probes: npt.NDArray[np.float32]) -> list[dict[str, float]]:
+        assert self._index is not None
+        probes = np.ascontiguousarray(np.atleast_2d(probes), np.float32)
+        if len(self._index) == 0:
+            return [{} for _ in range(len(probes))]
+        k = min(SEARCH_DEPTH, len(self._index))
+        scores, ids = self._index.search(probes, k)
+        mode = self.settings.recognition.aggregate
+        out: list[dict[str, float]] = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            per_person: dict[str, list[float]] = {}
+            for score, emb_id in zip(row_scores.tolist(), row_ids.tolist(), strict=True):
+                person = self._person_of.get(emb_id)
+                if emb_id >= 0 and person is not None and math.isfinite(score):
+                    per_person.setdefault(person, []).append(score)
+            out.append({p: person_score(s, mode) for p, s in per_person.items()})
+        return out
+
+    def _candidates(self, scores: dict[str, float]) -> list[Candidate]:
+        ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
+        return [Candidate(p, self._names.get(p, p), round(s, 4)) for p, s in ranked]
+
+    def identify(self, probes: npt.NDArray[np.float32]) -> list[Identification]:
+        """One open-set decision per probe embedding."""
+        rec = self.settings.recognition
+        return [
+            decide(self._candidates(scores), rec.threshold, rec.margin)
+            for scores in self._person_scores(probes)
+        ]
+
+    def similar_persons(
+        self,
+        embeddings: npt.NDArray[np.float32],
+        threshold: float | None = None,
+        exclude: str | None = None,
+    ) -> list[Candidate]:
+        """Persons whose score against these embeddings reaches the threshold (duplicate check).
+
+        A person's score is the mean of their best half of per-embedding scores, so one odd
+        capture neither hides nor creates a match."""
+        limit = self.settings.recognition.duplicate_threshold if threshold is None else threshold
+        per_probe = self._person_scores(embeddings)
+        persons = {p for scores in per_probe for p in scores} - {exclude}
+        result: dict[str, float] = {}
+        for person in persons:
+            values = sorted((s.get(person, -1.0) for s in per_probe), reverse=True)
+            top = values[: max(1, math.ceil(len(values) / 2))]
+            score = float(np.mean(top))
+            if score >= limit:
+                result[person] = score
+        return self._candidates(result)
+
+    # -- changes (store first, then index) ---------------------------------------------------
+    def create_person(
+        self,
+        name: str,
+        embeddings: Sequence[NewEmbedding],
+        *,
+        actor: str,
+        thumbnail: bytes | None = None,
+    ) -> Person:
+        person, ids = self.store.create_person(
+            name, embeddings, pack=self.pack, actor=actor, thumbnail=thumbnail
+        )
+        self._added(person, ids, embeddings)
+        return person
+
+    def add_embeddings(
+        self,
+        person_id: str,
+        embeddings: Sequence[NewEmbedding],
+        *,
+        actor: str,
+        thumbnail: bytes | None = None,
+    ) -> Person:
+        ids = self.store.add_embeddings(
+            person_id, embeddings, pack=self.pack, actor=actor, thumbnail=thumbnail
+        )
+        person = self.store.person(person_id)
+        self._added(person, ids, embeddings)
+        return person
+
+    def _added(self, person: Person, ids: list[int], embeddings: Sequence[NewEmbedding]) -> None:
+        assert self._index is not None
+        matrix = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embeddings])
+        self._index.add(np.array(ids, np.int64), matrix)
+        self._index.generation = self.store.generation()
+        self._person_of.update(dict.fromkeys(ids, person.id))
+        self._names[person.id] = person.name
+
+    def rename(self, person_id: str, name: str, *, actor: str) -> Person:
+        person = self.store.rename(person_id, name, actor=actor)
+        self._names[person_id] = person.name
+        return person
+
+    def delete_person(self, person_id: str, *, actor: str) -> int:
+        """Erase a person everywhere: store rows, index entries, and the saved index file."""
+        assert self._index is not None
+        ids = self.store.delete_person(person_id, actor=actor)
+        # The saved index holds the vectors too: remove it (rebuilt at the next slow start).
+        with contextlib.suppress(FileNotFoundError):
+            self.index_path.unlink()
+        self._index.remove(np.array(ids, np.int64))
+        self._index.generation = self.store.generation()
+        for emb_id in ids:
+            self._person_of.pop(emb_id, None)
+        self._names.pop(person_id, None)
+        return len(ids)
