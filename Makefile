@@ -32,6 +32,9 @@ test: lint unit
 
 bench:
 	$(PY) bench/foundation.py
+	$(PY) bench/openset.py
+	$(PY) bench/gallery.py
+	$(PY) bench/startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

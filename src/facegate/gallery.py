@@ -140,6 +140,10 @@ class Gallery:
     def __len__(self) -> int:
         return 0 if self._index is None else len(self._index)
 
+    @property
+    def index_kind(self) -> str:
+        return "none" if self._index is None else self._index.kind
+
     def name_of(self, person_id: str) -> str | None:
         return self._names.get(person_id)
 
