@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from facegate.index import VectorIndex
 from facegate.settings import Settings
-from facegate.store import NewEmbedding, Person, Store, StoreError
+from facegate.store import ErasurePendingError, NewEmbedding, Person, Store, StoreError
 
 INDEX_NAME = "index.faiss"
 SEARCH_DEPTH = 64  # nearest embeddings looked at per probe, grouped into persons
@@ -250,7 +250,11 @@ class Gallery:
     def delete_person(self, person_id: str, *, actor: str) -> int:
         """Erase a person everywhere: store rows, index entries, and the saved index file."""
         assert self._index is not None
-        ids = self.store.delete_person(person_id, actor=actor)
+        pending: ErasurePendingError | None = None
+        try:
+            ids = self.store.delete_person(person_id, actor=actor)
+        except ErasurePendingError as exc:  # deleted; the bytes go when a reader finishes
+            ids, pending = exc.removed_ids, exc
         # The saved index holds the vectors too: remove it (rebuilt at the next slow start).
         with contextlib.suppress(FileNotFoundError):
             self.index_path.unlink()
@@ -259,4 +263,6 @@ class Gallery:
         for emb_id in ids:
             self._person_of.pop(emb_id, None)
         self._names.pop(person_id, None)
+        if pending is not None:
+            raise pending
         return len(ids)

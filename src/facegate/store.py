@@ -38,6 +38,9 @@ LOCK_NAME = "store.lock"
 APPLICATION_ID = 0x46474154  # "FGAT"
 SQLITE_HEADER = b"SQLite format 3\x00"
 PAGE_SIZE = 16384
+BUSY_TIMEOUT_S = 10.0
+# How long erasure waits for readers to finish before reporting it could not complete yet.
+CHECKPOINT_WAIT_S = 3.0
 
 Source = Literal["photo", "registration"]
 Clock = Callable[[], float]
@@ -99,6 +102,20 @@ class UnknownPersonError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ErasurePendingError(StoreError):
+    """The person is deleted, but a reader still holds a snapshot with their data: the bytes
+    leave the files when it finishes (retried at every later write and at close)."""
+
+    def __init__(self, person_id: str, removed_ids: list[int]) -> None:
+        super().__init__(
+            f"person {person_id} is deleted, but another process is still reading the old"
+            " data; it will be wiped from disk as soon as that read ends (or at the next"
+            " write or close)"
+        )
+        self.person_id = person_id
+        self.removed_ids = removed_ids
 
 
 class NewEmbedding(msgspec.Struct, frozen=True):
@@ -163,6 +180,7 @@ class Store:
         self.data_dir = data_dir
         self._lock = lock
         self._clock = clock
+        self.erasure_pending = False
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -172,27 +190,39 @@ class Store:
             if not db.exists():
                 raise StoreError(f"no facegate data in {data_dir} (no {DB_NAME}); enrol someone")
             _check_header(db)
-            conn = _connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
-            store = cls(conn, data_dir, None, clock)
-            store._check_schema(readonly=True)
+            reader = _connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
+            store = cls(reader, data_dir, None, clock)
+            try:
+                store._check_schema(readonly=True)
+            except BaseException:
+                reader.close()
+                raise
             return store
         _secure_dir(data_dir)
         lock = _take_lock(data_dir)
+        conn: sqlite3.Connection | None = None
         try:
             if db.exists():
                 _check_header(db)
             else:
                 os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            os.chmod(db, 0o600)
             conn = _connect(str(db))
             store = cls(conn, data_dir, lock, clock)
-            store._check_schema(readonly=False)
+            # Look before touching: a foreign or newer database is refused unchanged.
+            version = store._check_schema(readonly=False)
+            os.chmod(db, 0o600)
+            _configure_writer(conn)
+            if version < SCHEMA_VERSION:
+                store._migrate(version)
         except BaseException:
+            if conn is not None:
+                conn.close()
             lock.close()
             raise
         return store
 
-    def _check_schema(self, *, readonly: bool) -> None:
+    def _check_schema(self, *, readonly: bool) -> int:
+        """The schema version to migrate from; raises for files that are not ours."""
         try:
             app_id = self._scalar("PRAGMA application_id")
             version = self._scalar("PRAGMA user_version")
@@ -202,8 +232,7 @@ class Store:
         if app_id == 0 and version == 0 and tables == 0:
             if readonly:
                 raise StoreError(f"{self.path} is empty; enrol someone first")
-            self._migrate(0)
-            return
+            return 0
         if app_id != APPLICATION_ID:
             raise StoreError(
                 f"{self.path} is an SQLite database of another program (application_id"
@@ -214,13 +243,12 @@ class Store:
                 f"{self.path} has schema version {version}, newer than this facegate knows"
                 f" ({SCHEMA_VERSION}); upgrade facegate"
             )
-        if version < SCHEMA_VERSION:
-            if readonly:
-                raise StoreError(
-                    f"{self.path} has schema version {version}; open it once for writing (any"
-                    " writing command, or `facegate serve`) to migrate it"
-                )
-            self._migrate(version)
+        if version < SCHEMA_VERSION and readonly:
+            raise StoreError(
+                f"{self.path} has schema version {version}; open it once for writing (any"
+                " writing command, or `facegate serve`) to migrate it"
+            )
+        return int(version)
 
     def _migrate(self, current: int) -> None:
         for version in range(current + 1, SCHEMA_VERSION + 1):
@@ -239,6 +267,9 @@ class Store:
         return self._lock is None
 
     def close(self) -> None:
+        if self.erasure_pending:
+            with contextlib.suppress(sqlite3.Error):
+                self.checkpoint(wait=0.5)
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
         if self._lock is not None:
@@ -303,8 +334,17 @@ class Store:
             params = (person_id,)
         rows = self._conn.execute(sql + " ORDER BY id", params).fetchall()
         dim = self.dim() or 0
+        bad = [r[0] for r in rows if len(r[2]) != dim * 4]
+        if bad:
+            raise StoreError(f"{self.path}: embedding rows {bad[:5]} have the wrong size (damaged)")
         blob = b"".join(r[2] for r in rows)
         matrix = np.frombuffer(blob, "<f4").astype(np.float32).reshape(len(rows), dim)
+        # SQLite keeps no checksums of row data: a damaged vector would be returned as is.
+        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
+        damaged = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-3))
+        if damaged.size:
+            ids = [rows[i][0] for i in damaged[:5].tolist()]
+            raise StoreError(f"{self.path}: embedding rows {ids} are damaged (not unit vectors)")
         return Vectors(
             ids=np.array([r[0] for r in rows], np.int64),
             person_ids=[r[1] for r in rows],
@@ -342,10 +382,16 @@ class Store:
         try:
             yield self._conn
             self._conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise StoreError(f"refused by the database: {exc}") from None
         except BaseException:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise
+        if self.erasure_pending:
+            self.checkpoint(wait=0.0)
 
     def _bump_generation(self, conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
@@ -440,6 +486,8 @@ class Store:
         actor: str,
         thumbnail: bytes | None = None,
     ) -> list[int]:
+        if not embeddings:
+            raise StoreError("no embeddings to add")
         with self._transaction() as conn:
             self.person(person_id)
             ids = self._insert_embeddings(conn, person_id, embeddings, pack)
@@ -476,17 +524,27 @@ class Store:
             conn.execute("DELETE FROM persons WHERE id = ?", (person_id,))
             self._bump_generation(conn)
             self._audit(conn, actor, "delete", person_id, embeddings=len(ids))
-        self.checkpoint()
+        self.erasure_pending = True
+        if not self.checkpoint():
+            raise ErasurePendingError(person_id, ids)
         return ids
 
-    def checkpoint(self) -> bool:
-        """Copy the WAL into the database and truncate it; False if a reader kept it busy."""
-        for _ in range(50):
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return True
-            time.sleep(0.02)
-        return False
+    def checkpoint(self, wait: float = CHECKPOINT_WAIT_S) -> bool:
+        """Copy the WAL into the database and truncate it, waiting at most `wait` seconds for
+        readers; False if a reader still holds old pages (retried at the next write/close)."""
+        deadline = time.monotonic() + wait
+        self._conn.execute("PRAGMA busy_timeout = 50")
+        try:
+            while True:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    self.erasure_pending = False
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def record(self, actor: str, action: str, person_id: str | None = None, **detail: Any) -> None:
         """An audit entry on its own (exports, imports, refused attempts)."""
@@ -542,18 +600,23 @@ class BatchWriter:
 # -- helpers ---------------------------------------------------------------------------------
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(target, uri=uri, isolation_level=None, timeout=10.0)
+        conn = sqlite3.connect(target, uri=uri, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         conn.execute("PRAGMA foreign_keys = ON")
-        if "mode=ro" not in target:
-            # A 2 KiB embedding row leaves half of a 4 KiB page empty; 16 KiB pages hold seven.
-            # (Takes effect only on a new, empty database.)
-            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA secure_delete = ON")
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{target} is damaged or not a database: {exc}") from None
     return conn
+
+
+def _configure_writer(conn: sqlite3.Connection) -> None:
+    try:
+        # A 2 KiB embedding row leaves half of a 4 KiB page empty; 16 KiB pages hold seven.
+        # (Takes effect only on a new, empty database.)
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA secure_delete = ON")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot configure the database: {exc}") from None
 
 
 def _check_header(db: Path) -> None:

@@ -21,7 +21,7 @@ from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal
 from facegate.face import ImageArray
 from facegate.images import ImageError, read_image
 from facegate.quality import QualityValidator
-from facegate.store import UnknownPersonError
+from facegate.store import ErasurePendingError, UnknownPersonError
 
 ACTOR = "cli"
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -241,8 +241,25 @@ def cmd_persons_rm(ctx: Context) -> int:
             removed = gallery.delete_person(ctx.args.id, actor=ACTOR)
         except UnknownPersonError as exc:
             return ctx.out.fail(str(exc))
+        except ErasurePendingError as exc:
+            ctx.out.emit(
+                {
+                    "person_id": ctx.args.id,
+                    "deleted": True,
+                    "erased_on_disk": False,
+                    "embeddings": len(exc.removed_ids),
+                    "warning": str(exc),
+                },
+                f"warning: {exc}",
+            )
+            return EXIT_SOME_FAILED
         ctx.out.emit(
-            {"person_id": ctx.args.id, "deleted": True, "embeddings": removed},
+            {
+                "person_id": ctx.args.id,
+                "deleted": True,
+                "erased_on_disk": True,
+                "embeddings": removed,
+            },
             f"{ctx.args.id} erased ({removed} embedding(s))",
         )
     return EXIT_OK
