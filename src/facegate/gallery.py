@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +92,8 @@ class Gallery:
         self._names: dict[str, str] = {}
         self.loaded_from_disk = False
         self.start_seconds = 0.0
+        # The engine thread searches while the server's loop enrols and erases.
+        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, store: Store, settings: Settings) -> Gallery:
@@ -110,6 +113,10 @@ class Gallery:
         return self.store.data_dir / INDEX_NAME
 
     def _load(self) -> None:
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
         t0 = time.perf_counter()
         vectors = self.store.vectors()
         generation = self.store.generation()
@@ -155,17 +162,25 @@ class Gallery:
     def _person_scores(self, probes: npt.NDArray[np.float32]) -> list[dict[str, float]]:
         assert self._index is not None
         probes = np.ascontiguousarray(np.atleast_2d(probes), np.float32)
-        if len(self._index) == 0:
-            return [{} for _ in range(len(probes))]
-        k = min(SEARCH_DEPTH, len(self._index))
-        scores, ids = self._index.search(probes, k)
+        with self._lock:
+            if len(self._index) == 0:
+                return [{} for _ in range(len(probes))]
+            k = min(SEARCH_DEPTH, len(self._index))
+            scores, ids = self._index.search(probes, k)
+            hits = [
+                [
+                    (self._person_of.get(emb_id), score)
+                    for score, emb_id in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
+                    if emb_id >= 0 and math.isfinite(score)
+                ]
+                for row_scores, row_ids in zip(scores, ids, strict=True)
+            ]
         mode = self.settings.recognition.aggregate
         out: list[dict[str, float]] = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
+        for row in hits:
             per_person: dict[str, list[float]] = {}
-            for score, emb_id in zip(row_scores.tolist(), row_ids.tolist(), strict=True):
-                person = self._person_of.get(emb_id)
-                if emb_id >= 0 and person is not None and math.isfinite(score):
+            for person, score in row:
+                if person is not None:
                     per_person.setdefault(person, []).append(score)
             out.append({p: person_score(s, mode) for p, s in per_person.items()})
         return out
@@ -237,10 +252,11 @@ class Gallery:
     def _added(self, person: Person, ids: list[int], embeddings: Sequence[NewEmbedding]) -> None:
         assert self._index is not None
         matrix = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embeddings])
-        self._index.add(np.array(ids, np.int64), matrix)
-        self._index.generation = self.store.generation()
-        self._person_of.update(dict.fromkeys(ids, person.id))
-        self._names[person.id] = person.name
+        with self._lock:
+            self._index.add(np.array(ids, np.int64), matrix)
+            self._index.generation = self.store.generation()
+            self._person_of.update(dict.fromkeys(ids, person.id))
+            self._names[person.id] = person.name
 
     def rename(self, person_id: str, name: str, *, actor: str) -> Person:
         person = self.store.rename(person_id, name, actor=actor)
@@ -258,11 +274,12 @@ class Gallery:
         # The saved index holds the vectors too: remove it (rebuilt at the next slow start).
         with contextlib.suppress(FileNotFoundError):
             self.index_path.unlink()
-        self._index.remove(np.array(ids, np.int64))
-        self._index.generation = self.store.generation()
-        for emb_id in ids:
-            self._person_of.pop(emb_id, None)
-        self._names.pop(person_id, None)
+        with self._lock:
+            self._index.remove(np.array(ids, np.int64))
+            self._index.generation = self.store.generation()
+            for emb_id in ids:
+                self._person_of.pop(emb_id, None)
+            self._names.pop(person_id, None)
         if pending is not None:
             raise pending
         return len(ids)

@@ -83,6 +83,17 @@ MIGRATIONS: dict[int, str] = {
         updated_at REAL NOT NULL
     );
     """,
+    3: """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        type TEXT NOT NULL,
+        person_id TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX events_person ON events(person_id);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -150,6 +161,14 @@ class AuditEntry(msgspec.Struct, frozen=True):
     action: str
     person_id: str | None
     detail: dict[str, Any]
+
+
+class LoggedEvent(msgspec.Struct, frozen=True):
+    seq: int
+    at: float  # unix time
+    type: str
+    person_id: str | None
+    data: str  # the event's data as JSON
 
 
 class Vectors(msgspec.Struct, frozen=True):
@@ -522,12 +541,51 @@ class Store:
                 ).fetchall()
             ]
             conn.execute("DELETE FROM persons WHERE id = ?", (person_id,))
+            # The event history names them too: erased with them.
+            conn.execute("DELETE FROM events WHERE person_id = ?", (person_id,))
             self._bump_generation(conn)
             self._audit(conn, actor, "delete", person_id, embeddings=len(ids))
         self.erasure_pending = True
         if not self.checkpoint():
             raise ErasurePendingError(person_id, ids)
         return ids
+
+    # -- event history ---------------------------------------------------------------------
+    def log_events(
+        self, rows: Sequence[LoggedEvent], *, retention_seconds: float, max_rows: int
+    ) -> None:
+        """Append events to the history and prune it to the retention limits. History is
+        not biometric data: written without waiting for fsync (synchronous=NORMAL)."""
+        if not rows:
+            return
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._transaction() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO events (seq, at, type, person_id, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(r.seq, r.at, r.type, r.person_id, r.data) for r in rows],
+                )
+                conn.execute(
+                    "DELETE FROM events WHERE at < ?", (self._clock() - retention_seconds,)
+                )
+                conn.execute(
+                    "DELETE FROM events WHERE seq <= (SELECT seq FROM events ORDER BY seq DESC"
+                    " LIMIT 1 OFFSET ?)",
+                    (max_rows,),
+                )
+        finally:
+            self._conn.execute("PRAGMA synchronous = FULL")
+
+    def events(self, since: int = 0, limit: int = 500) -> list[LoggedEvent]:
+        rows = self._conn.execute(
+            "SELECT seq, at, type, person_id, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (since, limit),
+        ).fetchall()
+        return [LoggedEvent(*row) for row in rows]
+
+    def last_event_seq(self) -> int:
+        return int(self._scalar("SELECT coalesce(max(seq), 0) FROM events"))
 
     def checkpoint(self, wait: float = CHECKPOINT_WAIT_S) -> bool:
         """Copy the WAL into the database and truncate it, waiting at most `wait` seconds for
@@ -600,7 +658,11 @@ class BatchWriter:
 # -- helpers ---------------------------------------------------------------------------------
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(target, uri=uri, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        # One thread at a time (the server's loop, or a CLI command); the engine thread never
+        # touches SQL. check_same_thread=False lets the loop's worker threads take turns.
+        conn = sqlite3.connect(
+            target, uri=uri, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+        )
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{target} is damaged or not a database: {exc}") from None
