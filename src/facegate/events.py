@@ -152,8 +152,7 @@ AnyEvent = (
     | RegistrationCancelled
 )
 
-# Events a slow subscriber may lose (oldest first); all others are never dropped.
-DROPPABLE: frozenset[type[Event]] = frozenset({RegistrationPoseFeedback})
+# Registration events are never dropped by the bus (see bus.NEVER_DROPPED).
 REGISTRATION: tuple[type[Event], ...] = (
     RegistrationApproved,
     RegistrationStart,

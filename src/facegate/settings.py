@@ -75,6 +75,36 @@ class IndexSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     threads: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
+class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # An unknown face usable and still for this long is offered for registration.
+    stable_seconds: Annotated[float, Meta(ge=0.0, le=60.0)] = 2.0
+    # A person not seen for this long has left (person_left_area).
+    left_after_seconds: Annotated[float, Meta(gt=0.0, le=600.0)] = 3.0
+    # Face-centre speed, in face widths per second (smoothed), above which a face is moving.
+    max_motion: Annotated[float, Meta(gt=0.0, le=100.0)] = 0.35
+    # A face whose box comes closer than this fraction of the frame to an edge is not stable.
+    edge_margin: Annotated[float, Meta(ge=0.0, le=0.4)] = 0.02
+    # A recognised face is re-checked (embedded again) this often.
+    recheck_seconds: Annotated[float, Meta(gt=0.0, le=60.0)] = 1.0
+    # Identity is settled by a weighted vote over this many recent identifications ...
+    vote_window: Annotated[int, Meta(ge=1, le=100)] = 7
+    # ... needing at least this many agreeing votes and this share of the vote weight.
+    min_votes: Annotated[int, Meta(ge=1, le=100)] = 2
+    vote_share: Annotated[float, Meta(gt=0.5, le=1.0)] = 0.6
+    # Boxes overlapping at least this much (IoU) are the same face from frame to frame.
+    min_iou: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.3
+    # A detection whose embedding is below this similarity to a track's is not that track,
+    # however much the boxes overlap (two people crossing).
+    min_track_similarity: Cosine = 0.3
+
+
+class EventLogSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Events (never frames or vectors) kept in the store for history queries.
+    enabled: bool = True
+    retention_days: Annotated[float, Meta(gt=0.0)] = 30.0
+    max_rows: Annotated[int, Meta(ge=100)] = 100_000
+
+
 class StoreSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Keep a small JPEG of each person's best aligned face for the panel.
     thumbnails: bool = True
@@ -124,6 +154,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
     index: IndexSettings = msgspec.field(default_factory=IndexSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    events: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
 
 
 class SettingsError(ValueError):

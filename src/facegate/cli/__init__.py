@@ -17,7 +17,7 @@ from typing import Any
 
 from facegate import __version__
 from facegate.archive import ArchiveError
-from facegate.cli import analysis, models, persons
+from facegate.cli import analysis, live, models, persons
 from facegate.cli.common import Context, Output
 from facegate.modelpack import ModelPackError
 from facegate.settings import SettingsError
@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         msub,
     )
     persons.add_commands(sub, add, _common)
+    p = add("run", live.cmd_run, "run the live engine on a source; print events as lines")
+    p.add_argument(
+        "--source",
+        default="0",
+        help="webcam index, video file, image folder or rtsp/http URL (default: 0)",
+    )
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play files at their own fps, as a camera would (default: as fast as possible)",
+    )
+    p.add_argument("--loop", action="store_true", help="start a file source again at its end")
+    add("schema", live.cmd_schema, "print the JSON Schema of the events")
     return parser
 
 

@@ -1,0 +1,67 @@
+"""The event history: every published event (never frames or vectors) kept in the store.
+
+A bus subscriber that writes events in small batches and prunes to the retention limits
+(`[events]` settings). `/api/events?since=SEQ` and history queries read it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from facegate.bus import Subscription
+from facegate.events import Event, data_of, to_wire, type_name
+from facegate.settings import EventLogSettings
+from facegate.store import LoggedEvent, Store, StoreError
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+def logged(event: Event, now: float) -> LoggedEvent:
+    data = data_of(event)
+    person = data.get("person_id")
+    return LoggedEvent(
+        seq=event.seq,
+        at=now,
+        type=type_name(event),
+        person_id=person if isinstance(person, str) else None,
+        data=to_wire(event).decode(),
+    )
+
+
+class EventLog:
+    """Consumes a subscription and appends its events to the store's history."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: EventLogSettings,
+        subscription: Subscription,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.subscription = subscription
+        self.clock = clock
+        self.written = 0
+
+    def write(self, events: list[Event]) -> None:
+        now = self.clock()
+        try:
+            self.store.log_events(
+                [logged(e, now) for e in events],
+                retention_seconds=self.settings.retention_days * 86400.0,
+                max_rows=self.settings.max_rows,
+            )
+            self.written += len(events)
+        except StoreError as exc:  # history is best effort; never stops the gate
+            log.warning("event history not written: %s", exc)
+
+    async def run(self) -> None:
+        async for event in self.subscription:
+            batch = [event]
+            while len(batch) < BATCH and (more := self.subscription.get_nowait()) is not None:
+                batch.append(more)
+            self.write(batch)
