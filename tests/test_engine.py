@@ -1,0 +1,299 @@
+"""The live engine on real clips and on scripted sources, with the real models."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from facegate.engine import Engine
+from facegate.enrolment import PhotoEnroller
+from facegate.events import (
+    Event,
+    PersonLeftArea,
+    PersonRecognized,
+    SourceStatus,
+    SystemReady,
+    UnknownPersonDetected,
+)
+from facegate.face import ImageArray
+from facegate.faceplugin import FacepluginAnalyzer
+from facegate.gallery import Gallery
+from facegate.images import read_image
+from facegate.quality import QualityValidator
+from facegate.settings import EngineSettings, Settings
+from facegate.sources import Capture, SourceError, VideoFileSource
+from facegate.store import Store
+
+
+def settings(**engine: float) -> Settings:
+    return msgspec.structs.replace(Settings(), engine=EngineSettings(**engine))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[Gallery]:
+    with Store.open(tmp_path / "data") as store:
+        yield Gallery.open(store, Settings())
+
+
+def run_engine(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, source: object, cfg: Settings
+) -> tuple[list[Event], Engine]:
+    events: list[Event] = []
+    capture = Capture(source, on_status=events.append)  # type: ignore[arg-type]
+    engine = Engine(analyzer, gallery, cfg, events.append)
+    capture.start()
+    try:
+        engine.run(capture)
+    finally:
+        capture.stop()
+    return events, engine
+
+
+def of(events: list[Event], kind: type[Event]) -> list[Event]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+# -- real clips ------------------------------------------------------------------------------
+def test_hamilton_clip_recognises_the_enrolled_and_nobody_else(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, shared_data: Path
+) -> None:
+    """Both people of the clip are enrolled from their photos. Lin-Manuel Miranda, on stage,
+    is recognised once per appearance; the audience is never taken for either of them.
+    (Alex Lacamoire appears only at the piano in the first second, a 34 px face turned 36 deg,
+    similarity 0.24 to his photos: below what this model can recognise; see the issue note.)"""
+    folder = shared_data / "video" / "enrol"
+    with (folder / "manifest.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    enroller = PhotoEnroller(gallery, analyzer, QualityValidator(Settings().quality))
+    ids = {}
+    for identity in sorted({r["identity"] for r in rows}):
+        photos = [
+            (r["path"], read_image(folder / r["path"])) for r in rows if r["identity"] == identity
+        ]
+        result = enroller.enrol(photos, name=identity)
+        assert result.person_id is not None, result.refused
+        ids[result.person_id] = identity
+    source = VideoFileSource(shared_data / "video" / "hamilton_short_clip.mp4")
+    events, _ = run_engine(analyzer, gallery, source, Settings())
+    assert isinstance(events[0], SourceStatus | SystemReady)
+    recognised = of(events, PersonRecognized)
+    assert {e.name for e in recognised} == {"lin_manuel_miranda"}  # type: ignore[attr-defined]
+    # One greeting per appearance: greetings and departures of a person alternate.
+    for person in ids:
+        seq = [
+            type(e).__name__
+            for e in events
+            if isinstance(e, PersonRecognized | PersonLeftArea)
+            and getattr(e, "person_id", None) == person
+        ]
+        assert seq == ["PersonRecognized", "PersonLeftArea"] * (len(seq) // 2)
+    assert len(recognised) == 1
+    assert of(events, SourceStatus)[-1].state == "ended"  # type: ignore[attr-defined]
+
+
+def test_people_who_stop_are_offered_registration_walkers_are_not(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, shared_data: Path
+) -> None:
+    """Three people walk up to the camera (about 2 s) and pause. With an empty gallery,
+    unknown_person_detected comes only once they have paused, once per person."""
+    source = VideoFileSource(
+        shared_data / "video" / "intel_face-demographics-walking-and-pause.mp4"
+    )
+    events, _ = run_engine(analyzer, gallery, source, settings(stable_seconds=0.5))
+    unknowns = of(events, UnknownPersonDetected)
+    assert len(unknowns) >= 2
+    assert all(e.frame_time is not None and e.frame_time >= 2.0 for e in unknowns)  # type: ignore[attr-defined]
+    tracks = [e.track_id for e in unknowns]  # type: ignore[attr-defined]
+    assert len(tracks) == len(set(tracks))
+    assert of(events, PersonRecognized) == []
+    # Everyone announced leaves when the clip ends.
+    left = {e.track_id for e in of(events, PersonLeftArea)}  # type: ignore[attr-defined]
+    assert set(tracks) <= left
+
+
+# -- scripted sources ------------------------------------------------------------------------
+class ScriptedSource:
+    """Frames from a list (None = a frame with nobody), at a fixed fps; may fail at a frame."""
+
+    live = False
+
+    def __init__(self, frames: list[ImageArray], fps: float = 10.0, fail_at: int | None = None):
+        self.frames = frames
+        self.fps = fps
+        self.fail_at = fail_at
+        self.name = "scripted"
+        self._i = 0
+
+    def open(self) -> None:
+        self._i = 0
+
+    def read(self) -> ImageArray | None:
+        if self._i == self.fail_at:
+            raise SourceError("scripted: the camera died")
+        if self._i >= len(self.frames):
+            return None
+        frame = self.frames[self._i]
+        self._i += 1
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+def canvas(face: ImageArray, x: int, y: int, size: tuple[int, int] = (640, 480)) -> ImageArray:
+    out = np.full((size[1], size[0], 3), 90, np.uint8)
+    h, w = face.shape[:2]
+    out[y : y + h, x : x + w] = face
+    return out
+
+
+@pytest.fixture(scope="module")
+def person(shared_data: Path) -> ImageArray:
+    """A frontal Pointing'04 face (person 01, series 2), cropped around the face."""
+    root = shared_data / "pose" / "pointing04"
+    with (root / "manifest.csv").open() as fh:
+        row = next(
+            r
+            for r in csv.DictReader(fh)
+            if r["identity"] == "p04_person01"
+            and r["series"] == "2"
+            and r["yaw"] == "0"
+            and r["pitch"] == "0"
+        )
+    img = read_image(root / row["path"])
+    cx, cy = int(row["face_cx"]), int(row["face_cy"])
+    return np.ascontiguousarray(img[max(0, cy - 110) : cy + 110, max(0, cx - 90) : cx + 90])
+
+
+def test_a_still_unknown_face_is_offered_once_after_stable_seconds(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, person: ImageArray
+) -> None:
+    frames = [canvas(person, 230, 130)] * 40  # 4 s at 10 fps
+    events, _ = run_engine(analyzer, gallery, ScriptedSource(frames), settings(stable_seconds=2.0))
+    unknowns = of(events, UnknownPersonDetected)
+    assert len(unknowns) == 1
+    assert 2.0 <= unknowns[0].frame_time <= 2.6  # type: ignore[attr-defined]
+    assert unknowns[0].person_id is None and unknowns[0].show_registration_dialog  # type: ignore[attr-defined]
+
+
+def test_a_moving_face_or_one_at_the_edge_is_never_offered(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, person: ImageArray
+) -> None:
+    moving = [canvas(person, 40 + 10 * i, 130) for i in range(40)]  # crossing the frame
+    events, _ = run_engine(analyzer, gallery, ScriptedSource(moving), settings(stable_seconds=1.0))
+    assert of(events, UnknownPersonDetected) == []
+    edge = [canvas(person, 0, 130)] * 40  # touching the left edge
+    events, _ = run_engine(analyzer, gallery, ScriptedSource(edge), settings(stable_seconds=1.0))
+    assert of(events, UnknownPersonDetected) == []
+
+
+def test_known_person_greeted_once_per_appearance(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, person: ImageArray
+) -> None:
+    face = analyzer.analyze(canvas(person, 230, 130))[0]
+    assert face.embedding is not None
+    from facegate.store import NewEmbedding
+
+    gallery.create_person("Pat", [NewEmbedding(face.embedding)], actor="test")
+    empty = np.full((480, 640, 3), 90, np.uint8)
+    present = [canvas(person, 230, 130)] * 15
+    gap = [empty] * 3  # 0.3 s: a detection gap, the same appearance
+    away = [empty] * 40  # 4 s: gone (left_after_seconds = 3)
+    frames = present + gap + present + away + present
+    events, _ = run_engine(analyzer, gallery, ScriptedSource(frames), Settings())
+    kinds = [type(e).__name__ for e in events if isinstance(e, PersonRecognized | PersonLeftArea)]
+    assert kinds == ["PersonRecognized", "PersonLeftArea", "PersonRecognized", "PersonLeftArea"]
+    assert all(e.name == "Pat" for e in of(events, PersonRecognized))  # type: ignore[attr-defined]
+    assert of(events, UnknownPersonDetected) == []
+
+
+def test_a_source_that_dies_mid_stream_ends_the_run_with_an_event(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, person: ImageArray
+) -> None:
+    frames = [canvas(person, 230, 130)] * 30
+    events, engine = run_engine(analyzer, gallery, ScriptedSource(frames, fail_at=12), Settings())
+    states = [e.state for e in of(events, SourceStatus)]  # type: ignore[attr-defined]
+    assert "unavailable" in states
+    assert engine.monitor.snapshot().frames_processed == 12
+
+
+# -- the headless command --------------------------------------------------------------------
+def test_run_prints_events_and_exits_at_the_end_of_a_file(
+    shared_data: Path, tmp_path: Path, faceplugin_dir: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    env["FACEGATE_HOME"] = str(tmp_path / "data")
+    env["FACEGATE_ENGINE_STABLE_SECONDS"] = "0.5"
+    clip = shared_data / "video" / "intel_face-demographics-walking-and-pause.mp4"
+    out = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "run", "--source", str(clip), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [msgspec.json.decode(line) for line in out.stdout.splitlines()]
+    types = [line["type"] for line in lines]
+    assert types[0] in ("system_ready", "source_status")
+    assert "unknown_person_detected" in types
+    seqs = [line["data"]["seq"] for line in lines]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert all(line["data"]["timestamp"] for line in lines)
+    # The history kept them too.
+    with Store.open(tmp_path / "data", readonly=True) as store:
+        logged = store.events()
+    assert [e.seq for e in logged] == seqs
+
+
+def test_run_stops_cleanly_on_sigterm(
+    shared_data: Path, tmp_path: Path, faceplugin_dir: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    env["FACEGATE_HOME"] = str(tmp_path / "data")
+    clip = shared_data / "video" / "hamilton_short_clip.mp4"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "facegate.cli",
+            "run",
+            "--source",
+            str(clip),
+            "--loop",
+            "--realtime",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the engine is running
+        assert first
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+        assert time.monotonic() - t0 < 2.0
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
