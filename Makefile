@@ -35,6 +35,7 @@ bench:
 	$(PY) bench/openset.py
 	$(PY) bench/gallery.py
 	$(PY) bench/startup.py
+	$(PY) bench/engine.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -31,6 +32,7 @@ from facegate.events import (
 )
 from facegate.face import Detection, Face, FaceAnalyzer
 from facegate.gallery import Gallery
+from facegate.headpose import geometry_pose
 from facegate.monitor import Monitor
 from facegate.quality import QualityValidator
 from facegate.settings import Settings
@@ -120,9 +122,10 @@ class Engine:
         need = self._needs_embedding(detections, now)
         embeddings: dict[int, npt.NDArray[np.float32]] = {}
         described: dict[int, Face] = {}
-        for i in sorted(need):
-            face = self.analyzer.describe(frame.image, detections[i], embed=True, pose=True)
-            self.monitor.stage("embed", self.analyzer.timings.embed + self.analyzer.timings.pose)
+        for i in need:
+            t_embed = time.perf_counter()
+            face = self._describe(frame, detections[i])
+            self.monitor.stage("embed", (time.perf_counter() - t_embed) * 1e3)
             if face.embedding is not None:
                 embeddings[i] = face.embedding
                 described[i] = face
@@ -145,10 +148,24 @@ class Engine:
         self.latest_tracks = list(self.tracker.tracks.values())
         return seen
 
-    def _needs_embedding(self, detections: list[Detection], now: float) -> set[int]:
-        """Which detections to embed this frame (not every face on every frame)."""
+    def _describe(self, frame: Frame, detection: Detection) -> Face:
+        """Embedding plus a pose for the quality gate: from the dense landmarks where the pack
+        has them (free), else from the pack's pose model."""
+        points = detection.dense_landmarks
+        if points is None:
+            return self.analyzer.describe(frame.image, detection, embed=True, pose=True)
+        face = self.analyzer.describe(frame.image, detection, embed=True, pose=False)
+        yaw, pitch, roll = geometry_pose(points)
+        return msgspec.structs.replace(face, yaw=yaw, pitch=pitch, roll=roll)
+
+    def _needs_embedding(self, detections: list[Detection], now: float) -> list[int]:
+        """Which detections to embed this frame (not every face on every frame), most urgent
+        first, at most `max_embeddings_per_frame`: ambiguous associations, then new faces,
+        then unsettled tracks, better views and re-checks; the rest wait for later frames
+        (their tracks are still followed by their boxes)."""
         cfg = self.settings.engine
-        need = set(self.tracker.ambiguous(detections))
+        urgent = set(self.tracker.ambiguous(detections))
+        need = set(urgent)
         for i, det in enumerate(detections):
             track = self._likely_track(det)
             if track is None:
@@ -161,7 +178,12 @@ class Engine:
                 need.add(i)  # a clearly better view
             elif now - track.embedded_at >= cfg.recheck_seconds:
                 need.add(i)  # periodic re-check
-        return need
+        new = {i for i in need if self._likely_track(detections[i]) is None}
+
+        def urgency(i: int) -> tuple[bool, bool, float]:
+            return (i not in urgent, i not in new, -detections[i].size)
+
+        return sorted(need, key=urgency)[: cfg.max_embeddings_per_frame]
 
     def _likely_track(self, det: Detection) -> Track | None:
         best, best_iou = None, self.settings.engine.min_iou

