@@ -101,6 +101,57 @@ class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     min_track_similarity: Cosine = 0.3
 
 
+Window = Annotated[list[float], Meta(min_length=2, max_length=2)]
+POSE_ORDER = ("front", "left", "right", "up", "down")
+
+
+class PoseWindow(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Target yaw and pitch ranges [min, max] in degrees (conventions of face.py)."""
+
+    yaw: Window
+    pitch: Window
+
+
+def _pose_windows() -> dict[str, PoseWindow]:
+    # left/right are the person's own; yaw < 0 is turned to the subject's own left.
+    return {
+        "front": PoseWindow(yaw=[-10.0, 10.0], pitch=[-10.0, 10.0]),
+        "left": PoseWindow(yaw=[-45.0, -20.0], pitch=[-15.0, 15.0]),
+        "right": PoseWindow(yaw=[20.0, 45.0], pitch=[-15.0, 15.0]),
+        "up": PoseWindow(yaw=[-15.0, 15.0], pitch=[15.0, 35.0]),
+        "down": PoseWindow(yaw=[-15.0, 15.0], pitch=[-35.0, -15.0]),
+    }
+
+
+class RegistrationSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # How long the operator has to answer the registration prompt.
+    decision_timeout_seconds: Annotated[float, Meta(gt=0.0, le=3600.0)] = 30.0
+    # A declined face is not offered again for this long.
+    decline_cooldown_seconds: Annotated[float, Meta(ge=0.0, le=86400.0)] = 60.0
+    # Each pose must be reached within this long of its instruction.
+    angle_timeout_seconds: Annotated[float, Meta(gt=0.0, le=600.0)] = 15.0
+    # Embeddings captured per pose, from frames at least this many frames apart.
+    captures_per_pose: Annotated[int, Meta(ge=1, le=20)] = 3
+    min_frames_apart: Annotated[int, Meta(ge=1, le=100)] = 3
+    # Every capture must match the mean of the front captures at least this much, else the
+    # capture mixed two people (measured on Pointing'04: same person at +-45 deg >= 0.53,
+    # another person <= 0.44).
+    consistency_threshold: Cosine = 0.45
+    # Pose feedback events are sent at most this often.
+    feedback_interval_seconds: Annotated[float, Meta(ge=0.0, le=10.0)] = 0.2
+    # up/down (pitch) and left/right (yaw) are measured from the person's own front pose, so a
+    # camera above or below eye level does not make the tilts unreachable.
+    relative_to_front: bool = True
+    poses: dict[str, PoseWindow] = msgspec.field(default_factory=_pose_windows)
+
+    def __post_init__(self) -> None:
+        if set(self.poses) != set(POSE_ORDER):
+            raise ValueError(f"poses must be exactly {', '.join(POSE_ORDER)}")
+        for name, window in self.poses.items():
+            if window.yaw[0] > window.yaw[1] or window.pitch[0] > window.pitch[1]:
+                raise ValueError(f"poses.{name}: each window is [min, max]")
+
+
 class EventLogSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Events (never frames or vectors) kept in the store for history queries.
     enabled: bool = True
@@ -159,6 +210,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     events: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
+    registration: RegistrationSettings = msgspec.field(default_factory=RegistrationSettings)
 
 
 class SettingsError(ValueError):
