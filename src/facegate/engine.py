@@ -23,6 +23,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from facegate.enrolment import thumbnail_jpeg
 from facegate.events import (
     Event,
     PersonLeftArea,
@@ -35,6 +36,7 @@ from facegate.gallery import Gallery
 from facegate.headpose import geometry_pose
 from facegate.monitor import Monitor
 from facegate.quality import QualityValidator
+from facegate.registration import Observation
 from facegate.settings import Settings
 from facegate.sources import Capture, Frame
 from facegate.tracking import Track, Tracker, iou
@@ -77,6 +79,12 @@ class Engine:
         # When set (by the registration machine), no unknown is offered for registration.
         self.prompts_paused = threading.Event()
         self.latest_frame: Frame | None = None
+        # Registration: the track being captured (set by the registrar), where its face of
+        # every frame goes, and a JPEG of its most frontal view for the thumbnail.
+        self.registering: int | None = None
+        self.on_observation: Callable[[Observation], None] | None = None
+        self.registration_thumbnail: bytes | None = None
+        self._thumbnail_offset = math.inf
         self._time_offset = 0.0
         self._last_time = -math.inf
         self.latest_tracks: list[Track] = []
@@ -141,12 +149,44 @@ class Engine:
             self._announce(track, frame, now)
         if described:
             self.monitor.stage("search", search_ms)
+        self._observe_registering(frame, detections, seen, now)
         self._expire(now)
         self.monitor.stage("frame", (time.perf_counter() - t0) * 1e3)
         self.monitor.frame_processed()
         self.latest_frame = frame
         self.latest_tracks = list(self.tracker.tracks.values())
         return seen
+
+    def _observe_registering(
+        self, frame: Frame, detections: list[Detection], seen: list[Track], now: float
+    ) -> None:
+        """The registering face, with its full pose model, for the registration machine."""
+        track_id, callback = self.registering, self.on_observation
+        if track_id is None or callback is None:
+            self._thumbnail_offset = math.inf
+            return
+        for det, track in zip(detections, seen, strict=True):
+            if track.id != track_id:
+                continue
+            face = self.analyzer.describe(frame.image, det, embed=True, pose=True)
+            usable = self.validator.for_enrolment(face).usable
+            if usable and face.yaw is not None and face.pitch is not None:
+                offset = abs(face.yaw) + abs(face.pitch)
+                if offset < self._thumbnail_offset:
+                    self._thumbnail_offset = offset
+                    self.registration_thumbnail = thumbnail_jpeg(face)
+            callback(
+                Observation(
+                    track_id=track.id,
+                    frame=frame.number,
+                    yaw=face.yaw,
+                    pitch=face.pitch,
+                    usable=usable,
+                    embedding=face.embedding,
+                    bbox=det.bbox,
+                )
+            )
+            return
 
     def _describe(self, frame: Frame, detection: Detection) -> Face:
         """Embedding plus a pose for the quality gate: from the dense landmarks where the pack

@@ -1,0 +1,216 @@
+"""The registration runtime: feeds the pure machine of `registration.py` and carries out its
+effects (publish events, answer clients, validate and store the captures).
+
+It runs where the server's event loop runs; the engine thread hands it the registering face
+of every frame (`observe`) through the loop. While a registration is under way the engine
+offers no other unknown face (`Engine.prompts_paused`) and describes the registering face with
+its full pose model on every frame (`Engine.registering`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from facegate.events import Event, PersonLeftArea, PersonRecognized, UnknownPersonDetected
+from facegate.gallery import Gallery
+from facegate.registration import (
+    Decision,
+    Input,
+    Observation,
+    PersonLeft,
+    Phase,
+    Publish,
+    Reply,
+    Reset,
+    State,
+    Stored,
+    Tick,
+    UnknownOffered,
+    ValidateAndStore,
+    consistent,
+    step,
+    target,
+)
+from facegate.settings import POSE_ORDER, Settings
+from facegate.store import NewEmbedding, StoreError
+
+if TYPE_CHECKING:
+    from facegate.engine import Engine
+
+log = logging.getLogger(__name__)
+ACTOR = "registration"
+
+
+class Status(msgspec.Struct, frozen=True):
+    """The original design's `/system_status` fields about registration."""
+
+    current_event: str
+    registration_in_progress: bool
+    waiting_for_user_response: bool
+    current_registration_angle: str | None
+    registration_progress: float
+    person_in_detection_area: bool
+    person_data: dict[str, object] | None
+
+
+class Registrar:
+    def __init__(
+        self,
+        gallery: Gallery,
+        settings: Settings,
+        publish: Callable[[Event], object],
+        *,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gallery = gallery
+        self.settings = settings
+        self.cfg = settings.registration
+        self.publish = publish
+        self.engine = engine
+        self.clock = clock
+        self.state = State()
+        self.stored: list[str] = []  # person ids this runtime stored (for tests and stats)
+        self.last_event = "system_ready"
+        self.present_tracks: set[int] = set()
+
+    # -- inputs ----------------------------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        """Every event of the bus passes here (the registrar is a subscriber)."""
+        self.last_event = event.__struct_config__.tag or ""  # type: ignore[assignment]
+        match event:
+            case UnknownPersonDetected(track_id=track) if track is not None:
+                self.present_tracks.add(track)
+                self.handle(UnknownOffered(track))
+            case PersonRecognized(track_id=track) if track is not None:
+                self.present_tracks.add(track)
+            case PersonLeftArea(track_id=track) if track is not None:
+                self.present_tracks.discard(track)
+                self.handle(PersonLeft(track))
+            case _:
+                pass
+
+    def decide(self, register: bool, name: str | None, client: str) -> Reply:
+        """An operator's answer (WebSocket or REST). The first decision wins."""
+        cleaned = " ".join(name.split()) if name else None
+        replies = self.handle(Decision(register, cleaned or None, client))
+        return next((r for r in replies if r.client == client), Reply(client, False, "ignored"))
+
+    def observe(self, obs: Observation) -> None:
+        self.handle(obs)
+
+    def tick(self) -> None:
+        self.handle(Tick())
+
+    def reset(self) -> None:
+        self.handle(Reset())
+
+    # -- the machine -------------------------------------------------------------------------
+    def handle(self, event: Input) -> list[Reply]:
+        replies: list[Reply] = []
+        pending: list[Input] = [event]
+        while pending:
+            self.state, effects = step(self.state, pending.pop(0), self.clock(), self.cfg)
+            for effect in effects:
+                match effect:
+                    case Publish(event=out):
+                        self.publish(out)
+                    case Reply():
+                        replies.append(effect)
+                    case ValidateAndStore():
+                        pending.append(self._validate_and_store(effect))
+        self._sync_engine()
+        return replies
+
+    def _sync_engine(self) -> None:
+        if self.engine is None:
+            return
+        busy = self.state.phase is not Phase.IDLE
+        if busy:
+            self.engine.prompts_paused.set()
+        else:
+            self.engine.prompts_paused.clear()
+        self.engine.registering = (
+            self.state.track_id if self.state.phase is Phase.CAPTURING else None
+        )
+
+    def _validate_and_store(self, job: ValidateAndStore) -> Stored:
+        """Consistency, then duplicates, then one transaction: nothing is stored otherwise."""
+        ok, worst = consistent(job.captures, self.cfg.consistency_threshold)
+        if not ok:
+            return Stored(
+                False,
+                reason="inconsistent_identity",
+                message=(
+                    f"The captures do not all show the same person (lowest similarity {worst:.2f});"
+                    " nothing was stored"
+                ),
+            )
+        import numpy as np
+
+        matrix = np.stack([c.embedding for c in job.captures]).astype(np.float32)
+        matches = self.gallery.similar_persons(matrix)
+        if matches:
+            top = matches[0]
+            return Stored(
+                False,
+                person_id=top.person_id,
+                name=top.name,
+                reason="already_registered",
+                message=f"Already registered as {top.name} ({top.person_id})",
+            )
+        name = job.name or f"Person {self.gallery.person_count + 1}"
+        front = [c for c in job.captures if c.pose == "front"]
+        items = [
+            NewEmbedding(c.embedding, pose=c.pose, quality=1.0, source="registration")
+            for c in job.captures
+        ]
+        try:
+            person = self.gallery.create_person(
+                name,
+                items,
+                actor=ACTOR,
+                thumbnail=self._thumbnail(front[0].embedding),
+            )
+        except StoreError as exc:
+            log.error("registration not stored: %s", exc)
+            return Stored(False, reason="store_error", message=str(exc))
+        self.stored.append(person.id)
+        return Stored(
+            True, person_id=person.id, name=person.name, message=f"{person.name} is registered"
+        )
+
+    def _thumbnail(self, _embedding: object) -> bytes | None:
+        if not self.settings.store.thumbnails or self.engine is None:
+            return None
+        return self.engine.registration_thumbnail
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> Status:
+        s = self.state
+        pose = s.pose
+        data: dict[str, object] | None = None
+        if s.phase is not Phase.IDLE:
+            data = {"track_id": s.track_id, "name": s.name, "phase": s.phase.value}
+            if pose:
+                yaw, pitch = target(s, self.cfg, pose)
+                data.update(target_yaw=yaw, target_pitch=pitch, captured=s.captured(pose))
+        from facegate.registration import progress
+
+        return Status(
+            current_event=self.last_event,
+            registration_in_progress=s.phase in (Phase.CAPTURING, Phase.VALIDATING),
+            waiting_for_user_response=s.phase is Phase.AWAITING_DECISION,
+            current_registration_angle=pose,
+            registration_progress=progress(s, self.cfg) if s.phase is not Phase.IDLE else 0.0,
+            person_in_detection_area=bool(self.present_tracks),
+            person_data=data,
+        )
+
+
+__all__ = ["POSE_ORDER", "Registrar", "Status"]
