@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -96,6 +97,17 @@ MIGRATIONS: dict[int, str] = {
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+
+
+class _Fetched:
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
 
 
 class StoreError(Exception):
@@ -200,6 +212,9 @@ class Store:
         self._lock = lock
         self._clock = clock
         self.erasure_pending = False
+        # Serialises use of the connection: the server's loop, its worker threads (uploads)
+        # and the registration take turns. Reentrant: writes call reads.
+        self._mutex = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -286,6 +301,10 @@ class Store:
         return self._lock is None
 
     def close(self) -> None:
+        with self._mutex:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if self.erasure_pending:
             with contextlib.suppress(sqlite3.Error):
                 self.checkpoint(wait=0.5)
@@ -302,8 +321,13 @@ class Store:
         self.close()
 
     # -- reading ---------------------------------------------------------------------------
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> _Fetched:
+        """A read, under the store's mutex: one thread at a time uses the connection."""
+        with self._mutex:
+            return _Fetched(self._conn.execute(sql, params).fetchall())
+
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = self._conn.execute(sql, params).fetchone()
+        row = self._execute(sql, params).fetchone()
         return None if row is None else row[0]
 
     def generation(self) -> int:
@@ -317,7 +341,7 @@ class Store:
         return int(self._scalar("SELECT count(*) FROM embeddings"))
 
     def persons(self) -> list[Person]:
-        rows = self._conn.execute(
+        rows = self._execute(
             "SELECT p.id, p.name, p.note, p.created_at, p.updated_at, count(e.id),"
             " group_concat(e.pose) FROM persons p LEFT JOIN embeddings e ON e.person_id = p.id"
             " GROUP BY p.id ORDER BY p.created_at, p.id"
@@ -325,7 +349,7 @@ class Store:
         return [_person(row) for row in rows]
 
     def person(self, person_id: str) -> Person:
-        row = self._conn.execute(
+        row = self._execute(
             "SELECT p.id, p.name, p.note, p.created_at, p.updated_at, count(e.id),"
             " group_concat(e.pose) FROM persons p LEFT JOIN embeddings e ON e.person_id = p.id"
             " WHERE p.id = ? GROUP BY p.id",
@@ -337,7 +361,7 @@ class Store:
 
     def embeddings_of(self, person_id: str) -> list[EmbeddingInfo]:
         self.person(person_id)
-        rows = self._conn.execute(
+        rows = self._execute(
             "SELECT id, pose, quality, source, created_at FROM embeddings WHERE person_id = ?"
             " ORDER BY id",
             (person_id,),
@@ -351,7 +375,7 @@ class Store:
         if person_id is not None:
             sql += " WHERE person_id = ?"
             params = (person_id,)
-        rows = self._conn.execute(sql + " ORDER BY id", params).fetchall()
+        rows = self._execute(sql + " ORDER BY id", params).fetchall()
         dim = self.dim() or 0
         bad = [r[0] for r in rows if len(r[2]) != dim * 4]
         if bad:
@@ -383,7 +407,7 @@ class Store:
         return None if value is None else bytes(value)
 
     def audit(self, limit: int = 100) -> list[AuditEntry]:
-        rows = self._conn.execute(
+        rows = self._execute(
             "SELECT id, at, actor, action, person_id, detail FROM audit ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
@@ -397,20 +421,21 @@ class Store:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise StoreError("this store was opened read-only")
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise StoreError(f"refused by the database: {exc}") from None
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        if self.erasure_pending:
-            self.checkpoint(wait=0.0)
+        with self._mutex:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise StoreError(f"refused by the database: {exc}") from None
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            if self.erasure_pending:
+                self.checkpoint(wait=0.0)
 
     def _bump_generation(self, conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
@@ -558,6 +583,12 @@ class Store:
         not biometric data: written without waiting for fsync (synchronous=NORMAL)."""
         if not rows:
             return
+        with self._mutex:
+            self._log_events_locked(rows, retention_seconds, max_rows)
+
+    def _log_events_locked(
+        self, rows: Sequence[LoggedEvent], retention_seconds: float, max_rows: int
+    ) -> None:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         try:
             with self._transaction() as conn:
@@ -578,7 +609,7 @@ class Store:
             self._conn.execute("PRAGMA synchronous = FULL")
 
     def events(self, since: int = 0, limit: int = 500) -> list[LoggedEvent]:
-        rows = self._conn.execute(
+        rows = self._execute(
             "SELECT seq, at, type, person_id, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (since, limit),
         ).fetchall()
@@ -590,6 +621,10 @@ class Store:
     def checkpoint(self, wait: float = CHECKPOINT_WAIT_S) -> bool:
         """Copy the WAL into the database and truncate it, waiting at most `wait` seconds for
         readers; False if a reader still holds old pages (retried at the next write/close)."""
+        with self._mutex:
+            return self._checkpoint_locked(wait)
+
+    def _checkpoint_locked(self, wait: float) -> bool:
         deadline = time.monotonic() + wait
         self._conn.execute("PRAGMA busy_timeout = 50")
         try:
