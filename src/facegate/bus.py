@@ -134,7 +134,13 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, *, capacity: int = 1024, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int = 1024,
+        clock: Callable[[], float] = time.time,
+        first_seq: int = 1,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
@@ -144,7 +150,7 @@ class EventBus:
         self._intake: deque[Event] = deque()
         self._drain_scheduled = False
         self._subscribers: list[Subscription] = []
-        self._seq = 0
+        self._seq = first_seq - 1  # e.g. continue after the history's last seq
         self.published = 0
         self.dropped_before_dispatch = 0
 

@@ -78,6 +78,7 @@ class Registrar:
         self.stored: list[str] = []  # person ids this runtime stored (for tests and stats)
         self.last_event = "system_ready"
         self.present_tracks: set[int] = set()
+        self.last_decision: dict[str, object] | None = None
 
     # -- inputs ----------------------------------------------------------------------------
     def on_event(self, event: Event) -> None:
@@ -97,8 +98,11 @@ class Registrar:
 
     def decide(self, register: bool, name: str | None, client: str) -> Reply:
         """An operator's answer (WebSocket or REST). The first decision wins."""
-        cleaned = " ".join(name.split()) if name else None
+        cleaned = " ".join(name.split())[:200] if name else None
         replies = self.handle(Decision(register, cleaned or None, client))
+        reply = next((r for r in replies if r.client == client), None)
+        if reply is not None and reply.ok:
+            self.last_decision = {"register": register, "name": cleaned, "client": client}
         return next((r for r in replies if r.client == client), Reply(client, False, "ignored"))
 
     def observe(self, obs: Observation) -> None:

@@ -159,6 +159,25 @@ class EventLogSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_rows: Annotated[int, Meta(ge=100)] = 100_000
 
 
+class ServerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Loopback by default: biometric data stays on this machine unless you decide otherwise.
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8001
+    # Required when host is not a loopback address (or set FACEGATE_TOKEN).
+    token: str = ""
+    # Browser origins allowed on the WebSocket besides the panel's own.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    # Host headers accepted (besides localhost names and the bound host).
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    # Honour X-Forwarded-* headers (only behind a proxy you trust).
+    proxy_headers: bool = False
+    max_upload_mb: Annotated[float, Meta(gt=0.0, le=100.0)] = 5.0
+    # Each WebSocket client's outgoing queue; a client whose queue stays full this long is
+    # disconnected.
+    ws_queue: Annotated[int, Meta(ge=8, le=100_000)] = 512
+    ws_stall_seconds: Annotated[float, Meta(gt=0.0, le=600.0)] = 5.0
+
+
 class StoreSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Keep a small JPEG of each person's best aligned face for the panel.
     thumbnails: bool = True
@@ -211,6 +230,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     events: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
     registration: RegistrationSettings = msgspec.field(default_factory=RegistrationSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
 
 
 class SettingsError(ValueError):

@@ -17,7 +17,7 @@ from typing import Any
 
 from facegate import __version__
 from facegate.archive import ArchiveError
-from facegate.cli import analysis, live, models, persons
+from facegate.cli import analysis, live, models, persons, serve
 from facegate.cli.common import Context, Output
 from facegate.modelpack import ModelPackError
 from facegate.settings import SettingsError
@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--loop", action="store_true", help="start a file source again at its end")
     add("schema", live.cmd_schema, "print the JSON Schema of the events")
+    p = add("serve", serve.cmd_serve, "serve the panel, REST and WebSocket API on the live source")
+    p.add_argument(
+        "--source",
+        default="0",
+        help="webcam index, video file, image folder or rtsp/http URL (default: 0)",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8001)")
+    p.add_argument("--loop", action="store_true", help="start a file source again at its end")
     return parser
 
 

@@ -57,7 +57,7 @@ async def _run(ctx: Context, store: Store, writable: bool) -> int:
     analyzer = ctx.analyzer()
     gallery = Gallery.open(store, ctx.settings)
     loop = asyncio.get_running_loop()
-    bus = EventBus()
+    bus = EventBus(first_seq=store.last_event_seq() + 1)
     bus.attach(loop)
     printer = bus.subscribe("stdout", maxsize=100_000)
     tasks = [asyncio.create_task(_print(printer, ctx.out.as_json))]

@@ -1,0 +1,52 @@
+"""`facegate serve`: uvicorn on the Starlette app, loopback by default."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import msgspec
+
+from facegate.cli.common import EXIT_OK, Context
+
+
+def cmd_serve(ctx: Context) -> int:
+    import uvicorn
+
+    from facegate.server.app import create_app, is_loopback
+    from facegate.server.runtime import Runtime
+    from facegate.sources import SourceError, open_source
+
+    args = ctx.args
+    server = ctx.settings.server
+    host = args.host or server.host
+    port = args.port or server.port
+    token = os.environ.get("FACEGATE_TOKEN") or server.token
+    if not is_loopback(host) and not token:
+        return ctx.out.fail(
+            f"refusing to listen on {host} without a token: set server.token or FACEGATE_TOKEN"
+            " (clients then send `Authorization: Bearer <token>`), or keep the default"
+            " 127.0.0.1"
+        )
+    settings = msgspec.structs.replace(
+        ctx.settings, server=msgspec.structs.replace(server, host=host, port=port, token=token)
+    )
+    try:
+        source = open_source(args.source)
+    except SourceError as exc:
+        return ctx.out.fail(str(exc))
+    ctx.analyzer()  # fail now, with the fixing command, if the model pack is missing
+    ctx.settings = settings
+    runtime = Runtime(settings, ctx.data_dir, source, ctx.analyzer, loop_source=args.loop)
+    app = create_app(runtime)
+    print(f"facegate: panel at http://{host}:{port}/  (source: {source.name})", file=sys.stderr)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ws_max_size=64 * 1024,
+        proxy_headers=server.proxy_headers,
+        timeout_graceful_shutdown=3,
+    )
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""`facegate serve`: the Starlette app (REST, WebSocket, panel) around the live runtime."""

@@ -1,0 +1,79 @@
+"""Messages between the server and WebSocket clients that are not engine events.
+
+Client -> server: one tagged union, `{"type": ..., "data": {...}}`, decoded by one
+`msgspec.json.Decoder` and dispatched with `match`. Server -> client: the engine's events
+(`facegate.events`) plus the replies below, in the same envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from facegate.events import Event
+
+MAX_NAME = 200
+
+
+# -- client -> server ------------------------------------------------------------------------
+class DecisionData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    register: bool
+    name: str | None = None
+
+
+class Empty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class AuthData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    token: str
+
+
+class RegistrationDecision(
+    msgspec.Struct, frozen=True, tag="registration_decision", tag_field="type"
+):
+    data: DecisionData
+
+
+class ResetSystem(msgspec.Struct, frozen=True, tag="reset_system", tag_field="type"):
+    data: Empty = msgspec.field(default_factory=Empty)
+
+
+class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type"):
+    data: Empty = msgspec.field(default_factory=Empty)
+
+
+class Auth(msgspec.Struct, frozen=True, tag="auth", tag_field="type"):
+    data: AuthData
+
+
+ClientMessage = RegistrationDecision | ResetSystem | Ping | Auth
+client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+def decode_client(raw: str | bytes) -> ClientMessage:
+    """Raises msgspec.DecodeError / ValidationError with a message naming the problem."""
+    message: ClientMessage = client_decoder.decode(raw)
+    return message
+
+
+# -- server -> client (replies) ----------------------------------------------------------------
+class Connected(Event, frozen=True, kw_only=True, tag="connected"):
+    message: str
+    current_event: str
+    system_ready: bool
+    status: dict[str, Any]
+
+
+class Pong(Event, frozen=True, kw_only=True, tag="pong"):
+    pass
+
+
+class Error(Event, frozen=True, kw_only=True, tag="error"):
+    message: str
+
+
+class DecisionResult(Event, frozen=True, kw_only=True, tag="decision_result"):
+    ok: bool
+    message: str
