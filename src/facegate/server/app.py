@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs
 from typing import Any
 
 import msgspec
@@ -43,6 +44,7 @@ STATIC = Path(__file__).resolve().parents[3] / "static"
 MAX_WS_MESSAGE = 64 * 1024
 CLOSE_TOO_BIG = 1009
 AUTH_WAIT_SECONDS = 5.0
+IMAGE_PATHS = ("/video.mjpg", "/snapshot.jpg")
 
 
 def is_loopback(host: str) -> bool:
@@ -109,6 +111,10 @@ class BearerAuth:
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
         given = header[7:] if header.lower().startswith(b"bearer ") else b""
+        if not given and scope.get("path") in IMAGE_PATHS:
+            # An <img> cannot send headers: the panel's video and snapshot carry ?token=.
+            query = parse_qs(scope.get("query_string", b"").decode(errors="replace"))
+            given = (query.get("token") or [""])[0].encode()
         if not hmac.compare_digest(given, self.token):
             self.on_failure(scope.get("path", ""), scope.get("client"))
             response = JSONResponse(
