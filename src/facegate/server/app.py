@@ -12,8 +12,8 @@ import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qs
 from typing import Any
+from urllib.parse import parse_qs
 
 import msgspec
 from starlette.applications import Starlette
