@@ -4,10 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup test lint unit bench clean
+.PHONY: setup browser test lint unit bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
 	$(VENV)/bin/facegate models fetch
+
+# The panel's end-to-end test drives Debian's Chromium with Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -93,9 +93,13 @@ class Engine:
     def run(self, capture: Capture) -> None:
         """Process frames until stopped or the source ends (a finished file)."""
         self._emit(SystemReady(message="System ready"), None)
+        counted = 0
         while not self.stop_event.is_set():
             frame = capture.next_frame(timeout=0.1)
             self.monitor.frames_dropped(capture.dropped)
+            if capture.captured > counted:
+                self.monitor.frame_captured(capture.captured - counted)
+                counted = capture.captured
             if frame is None:
                 if capture.ended:
                     break

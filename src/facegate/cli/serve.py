@@ -13,7 +13,7 @@ from facegate.cli.common import EXIT_OK, Context
 def cmd_serve(ctx: Context) -> int:
     import uvicorn
 
-    from facegate.server.app import create_app, is_loopback
+    from facegate.server.app import GracefulServer, create_app, is_loopback
     from facegate.server.runtime import Runtime
     from facegate.sources import SourceError, open_source
 
@@ -40,7 +40,7 @@ def cmd_serve(ctx: Context) -> int:
     runtime = Runtime(settings, ctx.data_dir, source, ctx.analyzer, loop_source=args.loop)
     app = create_app(runtime)
     print(f"facegate: panel at http://{host}:{port}/  (source: {source.name})", file=sys.stderr)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -49,4 +49,5 @@ def cmd_serve(ctx: Context) -> int:
         proxy_headers=server.proxy_headers,
         timeout_graceful_shutdown=3,
     )
+    GracefulServer(config, runtime).run()
     return EXIT_OK

@@ -360,7 +360,7 @@ def video(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
         async def frames() -> AsyncIterator[bytes]:
             last = None
-            while not await request.is_disconnected():
+            while not runtime.closing.is_set() and not await request.is_disconnected():
                 frame = runtime.engine.latest_frame if runtime.engine else None
                 if frame is None or frame is not last:
                     last = frame

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
+import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -284,3 +285,16 @@ def _dispatch(runtime: Runtime, raw: str | bytes, client: str) -> Any:
                 return DecisionResult(ok=False, message="not ready")
             reply = registrar.decide(data.register, data.name, client)
             return DecisionResult(ok=reply.ok, message=reply.message)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server that tells the runtime first on shutdown, so open video streams end
+    instead of holding up the exit until the graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.runtime.closing.set()
+        await super().shutdown(sockets)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,8 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._engine_done: asyncio.Future[None] | None = None
         self.source_state = "starting"
+        # Set when the server begins shutting down: long responses (the MJPEG stream) end.
+        self.closing = threading.Event()
         self.on_event: list[Callable[[Event], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -120,6 +123,7 @@ class Runtime:
                 self.registrar.tick()
 
     async def stop(self) -> None:
+        self.closing.set()
         if self.registrar is not None:
             self.registrar.reset()  # an in-flight registration is dropped, never half-stored
         if self.engine is not None:
