@@ -215,9 +215,14 @@ const handlers = {
     setCurrent(d.angle_name);
     $("instruction").textContent = d.instruction || d.message;
     renderProgress(d.progress);
+    // A new pose: the last pose's readings no longer apply until fresh feedback arrives.
+    $("pose-readout").textContent = "yaw –, pitch –";
+    $("pose-captured").textContent = `captured 0 / ${reg.needed ?? "?"}`;
+    updateGauge(null);
   },
   registration_pose_feedback(d) {
     if ($("registration").dataset.state !== "active") return;
+    reg.needed = d.needed;
     updateGauge(d);
     const deg = (v) => (typeof v === "number" ? `${v.toFixed(0)}°` : "–");
     $("pose-readout").textContent = `yaw ${deg(d.yaw)}, pitch ${deg(d.pitch)}` + (d.held ? " — hold it!" : "");
