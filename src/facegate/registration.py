@@ -259,10 +259,20 @@ def _step_idle(
 def _step_awaiting(
     state: State, event: Input, now: float, cfg: RegistrationSettings
 ) -> tuple[State, list[Effect]]:
+    if isinstance(event, Decision) and now >= state.deadline:  # the answer came too late
+        nxt, effects = _end(
+            state,
+            now,
+            RegistrationCancelled(
+                message="No answer in time; registration not started", reason="decision_timeout"
+            ),
+        )
+        return nxt, [Reply(event.client, False, "the decision came too late"), *effects]
     match event:
         case Decision(register=False, client=client):
             until = now + cfg.decline_cooldown_seconds
-            declined = (*state.declined, (state.track_id or -1, until))
+            track = state.track_id if state.track_id is not None else -1
+            declined = (*state.declined, (track, until))
             nxt, effects = _end(
                 replace(state, declined=declined),
                 now,
