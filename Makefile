@@ -42,6 +42,7 @@ bench:
 	$(PY) bench/gallery.py
 	$(PY) bench/startup.py
 	$(PY) bench/engine.py
+	$(PY) bench/ws_fanout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import msgspec
@@ -49,5 +50,11 @@ def cmd_serve(ctx: Context) -> int:
         proxy_headers=server.proxy_headers,
         timeout_graceful_shutdown=3,
     )
+    # uvicorn re-raises SIGTERM after its clean shutdown; end with status 0 instead of -15.
+    signal.signal(signal.SIGTERM, _exit_ok)
     GracefulServer(config, runtime).run()
     return EXIT_OK
+
+
+def _exit_ok(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_OK)

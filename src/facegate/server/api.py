@@ -171,29 +171,34 @@ def persons(runtime: Runtime) -> Handler:
         assert store is not None and gallery is not None
         if request.method == "GET":
             return JSONResponse([_person_json(runtime, p.id) for p in store.persons()])
-        form = await request.form(
-            max_files=20, max_part_size=int(runtime.settings.server.max_upload_mb * 2**20)
-        )
-        name = str(form.get("name") or "").strip()
-        if not name:
-            return error("field `name` is required", 400)
-        photos, refused = await _photos(form)
-        if not photos and not refused:
-            return error("at least one photo in field `files` is required", 400)
-        enroller = PhotoEnroller(
-            gallery,
-            runtime.upload_analyzer(),
-            QualityValidator(runtime.settings.quality),
-            thumbnails=runtime.settings.store.thumbnails,
-        )
-        force = str(form.get("force") or "").lower() in ("1", "true", "yes")
-        result = await asyncio.to_thread(
-            enroller.enrol, photos, name=name, force=force, actor="api", refused=refused
-        )
-        status = 201 if result.person_id else (400 if not photos else 409)
-        return JSONResponse(msgspec.to_builtins(result), status_code=status)
+        limit = int(runtime.settings.server.max_upload_mb * 2**20)
+        async with request.form(max_files=20, max_part_size=limit) as form:
+            return await _enrol(runtime, form)
 
     return handler
+
+
+async def _enrol(runtime: Runtime, form: Any) -> Response:
+    gallery = runtime.gallery
+    assert gallery is not None
+    name = str(form.get("name") or "").strip()
+    if not name:
+        return error("field `name` is required", 400)
+    photos, refused = await _photos(form)
+    if not photos and not refused:
+        return error("at least one photo in field `files` is required", 400)
+    enroller = PhotoEnroller(
+        gallery,
+        runtime.upload_analyzer(),
+        QualityValidator(runtime.settings.quality),
+        thumbnails=runtime.settings.store.thumbnails,
+    )
+    force = str(form.get("force") or "").lower() in ("1", "true", "yes")
+    result = await asyncio.to_thread(
+        enroller.enrol, photos, name=name, force=force, actor="api", refused=refused
+    )
+    status = 201 if result.person_id else (400 if not photos else 409)
+    return JSONResponse(msgspec.to_builtins(result), status_code=status)
 
 
 class RenameBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -248,16 +253,15 @@ def identify(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
         gallery = runtime.gallery
         assert gallery is not None
-        form = await request.form(
-            max_files=1, max_part_size=int(runtime.settings.server.max_upload_mb * 2**20)
-        )
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            return error("a photo in field `file` is required", 400)
-        try:
-            image = decode_image(await upload.read(), upload.filename or "upload")
-        except ImageError as exc:
-            return error(str(exc), 400)
+        limit = int(runtime.settings.server.max_upload_mb * 2**20)
+        async with request.form(max_files=1, max_part_size=limit) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                return error("a photo in field `file` is required", 400)
+            try:
+                image = decode_image(await upload.read(), upload.filename or "upload")
+            except ImageError as exc:
+                return error(str(exc), 400)
         analyzer = runtime.upload_analyzer()
         faces = await asyncio.to_thread(analyzer.analyze, image)
         vectors = [f.embedding for f in faces if f.embedding is not None]

@@ -129,15 +129,15 @@ class BearerAuth:
 
 
 def _public(scope: Scope) -> bool:
-    """The panel's own files load without a token (the page then sends it)."""
+    """The panel's own files load without a token (the page then sends it); `/` only as the
+    panel's HTML, never as the JSON status."""
     path: str = scope.get("path", "")
     if scope.get("method") != "GET":
         return False
-    return (
-        path in ("/", "/index.html")
-        or path.startswith("/static/")
-        or path.endswith((".js", ".css", ".svg", ".png", ".ico"))
-    )
+    if path == "/":
+        accept = dict(scope["headers"]).get(b"accept", b"")
+        return b"text/html" in accept and (STATIC / "index.html").is_file()
+    return path == "/index.html" or path.endswith((".js", ".css", ".svg", ".png", ".ico"))
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -199,7 +199,8 @@ def create_app(runtime: Runtime) -> Starlette:
                 if message["type"] == "websocket.disconnect":
                     break
                 raw = message.get("text") or message.get("bytes") or b""
-                if len(raw) > MAX_WS_MESSAGE:
+                size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+                if size > MAX_WS_MESSAGE:
                     await close_quietly(websocket, CLOSE_TOO_BIG, "message over 64 KiB")
                     break
                 hub_reply = _dispatch(runtime, raw, client.name)

@@ -60,6 +60,7 @@ class Hub:
         self.clients: set[Client] = set()
         self.disconnected_slow = 0
         self._counter = 0
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -123,7 +124,16 @@ class Hub:
                     )
                     self.disconnected_slow += 1
                     await self.remove(client)
-                    await close_quietly(client.ws, CLOSE_TOO_SLOW, "client too slow")
+                    # The close frame waits behind the client's unread backlog: send it in the
+                    # background, however long that takes, so the client learns to reconnect.
+                    task = asyncio.create_task(_close(client.ws))
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+
+
+async def _close(ws: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(code=CLOSE_TOO_SLOW, reason="client too slow")
 
 
 async def close_quietly(ws: WebSocket, code: int, reason: str = "") -> None:
