@@ -7,6 +7,7 @@ Umeyama, onto the ArcFace reference points), so every pack aligns the same way.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import cv2
@@ -14,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from insightface.utils import face_align
 
-from facegate.face import BBox, ImageArray, Point, Quality
+from facegate.face import BBox, Detection, Face, ImageArray, Point, Quality, StageTimings
 
 # scikit-image 0.26 deprecated `SimilarityTransform.estimate`, which norm_crop calls; the
 # result is unchanged until its removal in 2.2. Silence exactly that message from there.
@@ -137,3 +138,60 @@ def crop_box(frame: ImageArray, bbox: BBox, size: int) -> ImageArray:
         np.uint8,
     )
     return out
+
+
+class AlignedAnalyzer:
+    """What every pack's analyzer shares: `describe` aligns a detection on its five points
+    (insightface's norm_crop), measures its quality, then adds the head pose and the
+    embedding when asked; `analyze` is detect + describe. Subclasses provide `detect`,
+    `head_pose` and `embed_aligned`, and reset `_timings` in `detect`."""
+
+    _timings: StageTimings
+
+    @property
+    def timings(self) -> StageTimings:
+        return self._timings
+
+    def detect(self, frame_bgr: ImageArray) -> list[Detection]:
+        raise NotImplementedError
+
+    def head_pose(self, frame_bgr: ImageArray, detection: Detection) -> tuple[float, float, float]:
+        raise NotImplementedError
+
+    def embed_aligned(self, aligned_bgr: ImageArray) -> npt.NDArray[np.float32]:
+        raise NotImplementedError
+
+    def describe(
+        self, frame_bgr: ImageArray, detection: Detection, *, embed: bool = True, pose: bool = True
+    ) -> Face:
+        t0 = time.perf_counter()
+        aligned = align(frame_bgr, detection.landmarks)
+        face_quality = quality(detection.bbox, aligned)
+        self._timings.align += (time.perf_counter() - t0) * 1e3
+        yaw = pitch = roll = None
+        if pose:
+            t0 = time.perf_counter()
+            yaw, pitch, roll = self.head_pose(frame_bgr, detection)
+            self._timings.pose += (time.perf_counter() - t0) * 1e3
+        embedding = None
+        if embed:
+            t0 = time.perf_counter()
+            embedding = self.embed_aligned(aligned)
+            self._timings.embed += (time.perf_counter() - t0) * 1e3
+        return Face(
+            bbox=detection.bbox,
+            det_score=detection.det_score,
+            landmarks=detection.landmarks,
+            quality=face_quality,
+            yaw=yaw,
+            pitch=pitch,
+            roll=roll,
+            embedding=embedding,
+            aligned=aligned,
+        )
+
+    def analyze(
+        self, frame_bgr: ImageArray, *, embed: bool = True, pose: bool = True
+    ) -> list[Face]:
+        detections = self.detect(frame_bgr)
+        return [self.describe(frame_bgr, d, embed=embed, pose=pose) for d in detections]

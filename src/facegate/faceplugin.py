@@ -19,7 +19,7 @@ from insightface.model_zoo import model_zoo
 from onnx import helper, numpy_helper
 
 from facegate import alignment, headpose
-from facegate.face import BBox, Detection, Face, ImageArray, StageTimings
+from facegate.face import BBox, Detection, ImageArray, StageTimings
 from facegate.settings import DetectionSettings
 
 DETECT_SIZE = (320, 240)  # width, height the detector sees
@@ -38,7 +38,7 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-class FacepluginAnalyzer:
+class FacepluginAnalyzer(alignment.AlignedAnalyzer):
     """Detector + 68-point landmarks + pose net + ArcFace-style embedding, all on CPU."""
 
     name = "faceplugin"
@@ -67,10 +67,6 @@ class FacepluginAnalyzer:
             providers=["CPUExecutionProvider"],
         )
         self._timings = StageTimings()
-
-    @property
-    def timings(self) -> StageTimings:
-        return self._timings
 
     # -- detection -------------------------------------------------------------------------
     def detect(self, frame_bgr: ImageArray) -> list[Detection]:
@@ -129,40 +125,6 @@ class FacepluginAnalyzer:
         return pts
 
     # -- description -----------------------------------------------------------------------
-    def describe(
-        self, frame_bgr: ImageArray, detection: Detection, *, embed: bool = True, pose: bool = True
-    ) -> Face:
-        t0 = time.perf_counter()
-        aligned = alignment.align(frame_bgr, detection.landmarks)
-        quality = alignment.quality(detection.bbox, aligned)
-        self._timings.align += (time.perf_counter() - t0) * 1e3
-        yaw = pitch = roll = None
-        if pose:
-            t0 = time.perf_counter()
-            yaw, pitch, roll = self.head_pose(frame_bgr, detection)
-            self._timings.pose += (time.perf_counter() - t0) * 1e3
-        embedding = None
-        if embed:
-            t0 = time.perf_counter()
-            embedding = self.embed_aligned(aligned)
-            self._timings.embed += (time.perf_counter() - t0) * 1e3
-        return Face(
-            bbox=detection.bbox,
-            det_score=detection.det_score,
-            landmarks=detection.landmarks,
-            quality=quality,
-            yaw=yaw,
-            pitch=pitch,
-            roll=roll,
-            embedding=embedding,
-            aligned=aligned,
-        )
-
-    def analyze(
-        self, frame_bgr: ImageArray, *, embed: bool = True, pose: bool = True
-    ) -> list[Face]:
-        detections = self.detect(frame_bgr)
-        return [self.describe(frame_bgr, d, embed=embed, pose=pose) for d in detections]
 
     def pose_net(self, frame_bgr: ImageArray, bbox: BBox) -> tuple[float, float, float]:
         """Raw (yaw, pitch, roll) of the pose network, in this project's sign convention."""

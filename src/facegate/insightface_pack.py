@@ -34,7 +34,7 @@ from insightface.model_zoo import model_zoo
 from insightface.utils.face_align import arcface_dst
 
 from facegate import alignment
-from facegate.face import Detection, Face, ImageArray, Point, StageTimings
+from facegate.face import Detection, ImageArray, Point, StageTimings
 from facegate.modelpack import ModelPackError, onnx_folder
 from facegate.settings import DetectionSettings
 
@@ -147,7 +147,7 @@ def load_models(pack_dir: Path, threads: int = 1) -> dict[str, Any]:
     return models
 
 
-class InsightFaceAnalyzer:
+class InsightFaceAnalyzer(alignment.AlignedAnalyzer):
     """SCRFD/RetinaFace detection + ArcFace embedding (+ 3D-landmark pose) from one pack."""
 
     def __init__(
@@ -174,10 +174,6 @@ class InsightFaceAnalyzer:
         self._timings = StageTimings()
 
     @property
-    def timings(self) -> StageTimings:
-        return self._timings
-
-    @property
     def has_pose_model(self) -> bool:
         return self._landmark3d is not None
 
@@ -195,41 +191,6 @@ class InsightFaceAnalyzer:
         found.sort(key=lambda d: d.size, reverse=True)
         self._timings.detect = (time.perf_counter() - t0) * 1e3
         return found[: self._det_cfg.max_faces]
-
-    def describe(
-        self, frame_bgr: ImageArray, detection: Detection, *, embed: bool = True, pose: bool = True
-    ) -> Face:
-        t0 = time.perf_counter()
-        aligned = alignment.align(frame_bgr, detection.landmarks)
-        quality = alignment.quality(detection.bbox, aligned)
-        t1 = time.perf_counter()
-        self._timings.align += (t1 - t0) * 1e3
-        yaw = pitch = roll = None
-        if pose:
-            yaw, pitch, roll = self.head_pose(frame_bgr, detection)
-            self._timings.pose += (time.perf_counter() - t1) * 1e3
-        embedding = None
-        if embed:
-            t2 = time.perf_counter()
-            embedding = self.embed_aligned(aligned)
-            self._timings.embed += (time.perf_counter() - t2) * 1e3
-        return Face(
-            bbox=detection.bbox,
-            det_score=detection.det_score,
-            landmarks=detection.landmarks,
-            quality=quality,
-            yaw=yaw,
-            pitch=pitch,
-            roll=roll,
-            embedding=embedding,
-            aligned=aligned,
-        )
-
-    def analyze(
-        self, frame_bgr: ImageArray, *, embed: bool = True, pose: bool = True
-    ) -> list[Face]:
-        detections = self.detect(frame_bgr)
-        return [self.describe(frame_bgr, d, embed=embed, pose=pose) for d in detections]
 
     def head_pose(self, frame_bgr: ImageArray, detection: Detection) -> tuple[float, float, float]:
         """insightface's 3D-landmark pose when the pack has it, else the five-point fallback."""
