@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from facegate.enrolment import thumbnail_jpeg
+from facegate.enrolment import quality_score, thumbnail_jpeg
 from facegate.events import (
     Event,
     PersonLeftArea,
@@ -188,6 +188,7 @@ class Engine:
                     usable=usable,
                     embedding=face.embedding,
                     bbox=det.bbox,
+                    quality=quality_score(face),
                 )
             )
             return
@@ -210,10 +211,11 @@ class Engine:
         cfg = self.settings.engine
         urgent = set(self.tracker.ambiguous(detections))
         need = set(urgent)
+        new: set[int] = set()
         for i, det in enumerate(detections):
             track = self._likely_track(det)
             if track is None:
-                need.add(i)  # a new face
+                new.add(i)  # a new face
             elif track.identity is None and not track.settled_unknown:
                 wait = UNSETTLED_INTERVAL if track.usable else UNUSABLE_INTERVAL
                 if now - track.embedded_at >= wait:
@@ -222,7 +224,7 @@ class Engine:
                 need.add(i)  # a clearly better view
             elif now - track.embedded_at >= cfg.recheck_seconds:
                 need.add(i)  # periodic re-check
-        new = {i for i in need if self._likely_track(detections[i]) is None}
+        need |= new
 
         def urgency(i: int) -> tuple[bool, bool, float]:
             return (i not in urgent, i not in new, -detections[i].size)

@@ -33,10 +33,11 @@ from facegate.registration import (
     UnknownOffered,
     ValidateAndStore,
     consistent,
+    progress,
     step,
     target,
 )
-from facegate.settings import POSE_ORDER, Settings
+from facegate.settings import Settings
 from facegate.store import NewEmbedding, StoreError
 
 if TYPE_CHECKING:
@@ -169,9 +170,8 @@ class Registrar:
                 message=f"Already registered as {top.name} ({top.person_id})",
             )
         name = job.name or f"Person {self.gallery.person_count + 1}"
-        front = [c for c in job.captures if c.pose == "front"]
         items = [
-            NewEmbedding(c.embedding, pose=c.pose, quality=1.0, source="registration")
+            NewEmbedding(c.embedding, pose=c.pose, quality=c.quality, source="registration")
             for c in job.captures
         ]
         try:
@@ -179,7 +179,7 @@ class Registrar:
                 name,
                 items,
                 actor=ACTOR,
-                thumbnail=self._thumbnail(front[0].embedding),
+                thumbnail=self._thumbnail(),
             )
         except StoreError as exc:
             log.error("registration not stored: %s", exc)
@@ -189,7 +189,8 @@ class Registrar:
             True, person_id=person.id, name=person.name, message=f"{person.name} is registered"
         )
 
-    def _thumbnail(self, _embedding: object) -> bytes | None:
+    def _thumbnail(self) -> bytes | None:
+        """The engine's JPEG of the most frontal usable view of the registering face."""
         if not self.settings.store.thumbnails or self.engine is None:
             return None
         return self.engine.registration_thumbnail
@@ -204,8 +205,6 @@ class Registrar:
             if pose:
                 yaw, pitch = target(s, self.cfg, pose)
                 data.update(target_yaw=yaw, target_pitch=pitch, captured=s.captured(pose))
-        from facegate.registration import progress
-
         return Status(
             current_event=self.last_event,
             registration_in_progress=s.phase in (Phase.CAPTURING, Phase.VALIDATING),
@@ -215,6 +214,3 @@ class Registrar:
             person_in_detection_area=bool(self.present_tracks),
             person_data=data,
         )
-
-
-__all__ = ["POSE_ORDER", "Registrar", "Status"]

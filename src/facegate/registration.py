@@ -82,6 +82,7 @@ class Observation:
     usable: bool  # passes the enrolment quality gate
     embedding: npt.NDArray[np.float32] | None
     bbox: tuple[float, float, float, float] | None = None
+    quality: float = 0.0  # 0..1, see enrolment.quality_score
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Capture:
     embedding: npt.NDArray[np.float32]
     yaw: float | None
     pitch: float | None
+    quality: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -372,7 +374,7 @@ def _observe(
     effects: list[Effect] = []
     if held and obs.frame - state.last_capture_frame >= cfg.min_frames_apart:
         assert obs.embedding is not None
-        cap = Capture(pose, obs.embedding, obs.yaw, obs.pitch)
+        cap = Capture(pose, obs.embedding, obs.yaw, obs.pitch, obs.quality)
         state = replace(state, captures=(*state.captures, cap), last_capture_frame=obs.frame)
     if now - state.last_feedback >= cfg.feedback_interval_seconds:
         state = replace(state, last_feedback=now)

@@ -65,7 +65,7 @@ class RecognitionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class IndexSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Exact search below this many vectors; an IVF index (approximate) from this size up.
-    approximate_above: Annotated[int, Meta(ge=1)] = 100_000
+    approximate_above: Annotated[int, Meta(ge=1)] = 150_000
     # IVF lists probed per query (recall against speed).
     nprobe: Annotated[int, Meta(ge=1, le=65_536)] = 48
     # An index that took longer than this to build is saved beside the database and reused
