@@ -39,38 +39,7 @@ if not CHROMIUM.is_file():
     pytest.skip(f"Chromium not found at {CHROMIUM} (apt install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python not installed")
 
-try:
-    from test_registrar import Person
-except ImportError:  # pragma: no cover - only when tests/ is not importable
-    import csv
-
-    from facegate.images import read_image
-
-    LOOK = {"front": (0, 0), "left": (-30, 0), "right": (30, 0), "up": (0, 30), "down": (0, -30)}
-
-    class Person:  # type: ignore[no-redef]
-        """One Pointing'04 person's images by (yaw, pitch) (as in test_registrar.py)."""
-
-        def __init__(self, root: Path, identity: str, series: str = "2") -> None:
-            with (root / "manifest.csv").open() as fh:
-                rows = [
-                    r
-                    for r in csv.DictReader(fh)
-                    if r["identity"] == identity and r["series"] == series
-                ]
-            self.images = {(int(r["yaw"]), int(r["pitch"])): root / r["path"] for r in rows}
-            self._cache: dict[tuple[int, int], ImageArray] = {}
-
-        def looking(self, pose: str) -> ImageArray:
-            want = LOOK[pose]
-            key = min(self.images, key=lambda k: abs(k[0] - want[0]) + abs(k[1] - want[1]))
-            if key not in self._cache:
-                img = read_image(self.images[key])
-                frame = np.full((480, 640, 3), 60, np.uint8)
-                frame[120 : 120 + img.shape[0], 128 : 128 + img.shape[1]] = img
-                self._cache[key] = frame
-            return self._cache[key]
-
+from test_registrar import Person  # noqa: E402  (after the skips above)
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.models]
 
