@@ -345,7 +345,8 @@ def served(
             assert time.monotonic() < deadline, "facegate serve did not come up in 30 s"
             with contextlib.suppress(httpx.HTTPError):
                 r = httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                if r.status_code == 200:
+                # Serving starts before the capture thread has opened the video.
+                if r.status_code == 200 and r.json()["system_status"]["source_state"] != "starting":
                     out["root"] = r.json()
             time.sleep(0.1)
 

@@ -9,6 +9,7 @@ import sys
 import msgspec
 
 from facegate.cli.common import EXIT_OK, Context
+from facegate.face import FaceAnalyzer
 
 
 def cmd_serve(ctx: Context) -> int:
@@ -36,9 +37,15 @@ def cmd_serve(ctx: Context) -> int:
         source = open_source(args.source)
     except SourceError as exc:
         return ctx.out.fail(str(exc))
-    ctx.analyzer()  # fail now, with the fixing command, if the model pack is missing
     ctx.settings = settings
-    runtime = Runtime(settings, ctx.data_dir, source, ctx.analyzer, loop_source=args.loop)
+    # Load the models now (a missing pack fails here, with the fixing command); the engine
+    # takes this analyzer, the upload handlers get their own when first needed.
+    loaded = [ctx.analyzer()]
+
+    def analyzer_factory() -> FaceAnalyzer:
+        return loaded.pop() if loaded else ctx.analyzer()
+
+    runtime = Runtime(settings, ctx.data_dir, source, analyzer_factory, loop_source=args.loop)
     app = create_app(runtime)
     print(f"facegate: panel at http://{host}:{port}/  (source: {source.name})", file=sys.stderr)
     config = uvicorn.Config(
