@@ -43,6 +43,8 @@ bench:
 	$(PY) bench/startup.py
 	$(PY) bench/engine.py
 	$(PY) bench/ws_fanout.py
+	# The panel: unknown_person_detected on the server -> dialog visible in Chromium.
+	$(VENV)/bin/pytest -q -s tests/test_panel_browser.py | grep -E 'dialog open|passed|failed'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

