@@ -113,6 +113,7 @@ class Server:
             port=self.port,
             log_level="error",
             ws_max_size=65536,
+            ws_per_message_deflate=False,  # as `facegate serve`
             backlog=4096,
         )
         self.server = uvicorn.Server(config)
