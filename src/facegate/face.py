@@ -110,10 +110,6 @@ class FaceAnalyzer(Protocol):
         ...
 
 
-def largest(faces: list[Face]) -> Face | None:
-    return max(faces, key=lambda f: f.size, default=None)
-
-
 # A face less than this fraction as sharp as the sharpest face of the same picture is out of
 # focus (a person in the background): its size counts for proportionally less.
 IN_FOCUS_FRACTION = 0.5

@@ -377,8 +377,3 @@ def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
             raise SettingsError(f"setting {'.'.join(keys)}: {key} is not a table")
         node = child
     node[keys[-1]] = value
-
-
-def settings_to_toml_dict(settings: Settings) -> dict[str, Any]:
-    result: dict[str, Any] = msgspec.to_builtins(settings)
-    return result
