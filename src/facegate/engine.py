@@ -131,12 +131,18 @@ class Engine:
         detections = self.analyzer.detect(frame.image)
         timings = self.analyzer.timings
         self.monitor.stage("detect", timings.detect + timings.landmarks)
+        registering = self._registering_index(detections)
         need = self._needs_embedding(detections, now)
+        if registering is not None:  # described below, with the full pose model
+            need = [i for i in need if i != registering]
         embeddings: dict[int, npt.NDArray[np.float32]] = {}
         described: dict[int, Face] = {}
-        for i in need:
+        for i in [*need, *([registering] if registering is not None else [])]:
             t_embed = time.perf_counter()
-            face = self._describe(frame, detections[i])
+            if i == registering:
+                face = self.analyzer.describe(frame.image, detections[i], embed=True, pose=True)
+            else:
+                face = self._describe(frame, detections[i])
             self.monitor.stage("embed", (time.perf_counter() - t_embed) * 1e3)
             if face.embedding is not None:
                 embeddings[i] = face.embedding
@@ -153,7 +159,7 @@ class Engine:
             self._announce(track, frame, now)
         if described:
             self.monitor.stage("search", search_ms)
-        self._observe_registering(frame, detections, seen, now)
+        self._observe_registering(frame, seen, described)
         self._expire(now)
         self.monitor.stage("frame", (time.perf_counter() - t0) * 1e3)
         self.monitor.frame_processed()
@@ -161,18 +167,26 @@ class Engine:
         self.latest_tracks = list(self.tracker.tracks.values())
         return seen
 
-    def _observe_registering(
-        self, frame: Frame, detections: list[Detection], seen: list[Track], now: float
-    ) -> None:
-        """The registering face, with its full pose model, for the registration machine."""
-        track_id, callback = self.registering, self.on_observation
-        if track_id is None or callback is None:
+    def _registering_index(self, detections: list[Detection]) -> int | None:
+        """The detection of the face being registered, if a registration is capturing."""
+        if self.registering is None or self.on_observation is None:
             self._thumbnail_offset = math.inf
-            return
-        for det, track in zip(detections, seen, strict=True):
-            if track.id != track_id:
+            return None
+        for i, det in enumerate(detections):
+            track = self._likely_track(det)
+            if track is not None and track.id == self.registering:
+                return i
+        return None
+
+    def _observe_registering(
+        self, frame: Frame, seen: list[Track], described: dict[int, Face]
+    ) -> None:
+        """The registering face (described with the full pose model) to the registration."""
+        callback = self.on_observation
+        for i, track in enumerate(seen):
+            if callback is None or track.id != self.registering or i not in described:
                 continue
-            face = self.analyzer.describe(frame.image, det, embed=True, pose=True)
+            face = described[i]
             usable = self.validator.for_enrolment(face).usable
             if usable and face.yaw is not None and face.pitch is not None:
                 offset = abs(face.yaw) + abs(face.pitch)
@@ -187,7 +201,7 @@ class Engine:
                     pitch=face.pitch,
                     usable=usable,
                     embedding=face.embedding,
-                    bbox=det.bbox,
+                    bbox=face.bbox,
                     quality=quality_score(face),
                 )
             )
