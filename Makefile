@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup browser test lint unit bench clean
+.PHONY: setup browser test lint unit bench fuzz clean
 
 setup: $(VENV)/.installed browser
 	$(VENV)/bin/facegate models fetch
@@ -36,6 +36,11 @@ unit:
 
 test: lint unit
 
+# The fuzz suite with >= 10,000 examples per target (CI runs the same tests with a few hundred).
+fuzz:
+	FACEGATE_FUZZ_EXAMPLES=10000 $(VENV)/bin/pytest -q -p no:cacheprovider \
+	  tests/test_fuzz_images.py tests/test_fuzz_server.py
+
 bench:
 	$(PY) bench/foundation.py
 	$(PY) bench/openset.py
@@ -43,6 +48,7 @@ bench:
 	$(PY) bench/startup.py
 	$(PY) bench/engine.py
 	$(PY) bench/ws_fanout.py
+	$(PY) bench/upload_flood.py
 	# The panel: unknown_person_detected on the server -> dialog visible in Chromium.
 	$(VENV)/bin/pytest -q -s tests/test_panel_browser.py | grep -E 'dialog open|passed|failed'
 

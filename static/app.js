@@ -285,7 +285,7 @@ const sock = connectSocket({
 });
 
 $("reset").addEventListener("click", () => {
-  if (!sock.send("reset_system", {})) api("/reset_system", { method: "POST" }).catch((e) => feed(`Reset failed: ${e.message}`, "error"));
+  if (!sock.send("reset_system", {})) api("/reset_system", { method: "POST", body: {} }).catch((e) => feed(`Reset failed: ${e.message}`, "error"));
   feed("Reset requested", "decision");
 });
 

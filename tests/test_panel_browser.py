@@ -195,6 +195,15 @@ def gallery_names(page: Any) -> list[str]:
     )
 
 
+def until(page: Any, expression: str, timeout: float = 30_000) -> None:
+    """Poll a JS expression until it is truthy. Not `wait_for_function`: Playwright evaluates
+    that predicate inside the page with eval(), which the panel's CSP (rightly) forbids."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout / 1000:.0f} s: {expression}"
+        page.wait_for_timeout(20)
+
+
 def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
     browser: Any, settings: Settings, pointing: Path, tmp_path: Path
 ) -> None:
@@ -208,12 +217,20 @@ def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
     try:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page, other = context.new_page(), context.new_page()
+        violations: list[str] = []
+        for tab in (page, other):
+            tab.on(
+                "console",
+                lambda msg: (
+                    violations.append(msg.text) if "Content Security Policy" in msg.text else None
+                ),
+            )
         for tab in (page, other):
             tab.goto(url)
             tab.wait_for_selector("#connection[data-state='online']", timeout=15_000)
             assert tab.text_content("#connection") == "online"
         assert not page.is_visible("#register-dialog"), "a dialog before anyone stepped in"
-        page.wait_for_function(VIDEO_PLAYING, timeout=10_000)
+        until(page, VIDEO_PLAYING, timeout=10_000)
         assert page.is_hidden("#camera-status")
         page.evaluate(RECORDER)
 
@@ -246,7 +263,7 @@ def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
 
         # -- the guided capture ------------------------------------------------------------------
         page.wait_for_selector("#registration[data-state='active']", timeout=10_000)
-        page.wait_for_function("Number(document.querySelector('#progress').dataset.progress) > 0")
+        until(page, "Number(document.querySelector('#progress').dataset.progress) > 0")
         page.screenshot(path=str(ARTIFACTS / "panel-capture.png"), full_page=True)
         page.wait_for_selector("#result.success", timeout=40_000)
         result = page.text_content("#result") or ""
@@ -262,7 +279,8 @@ def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
 
         # -- Grace in the gallery, her thumbnail loaded (both tabs) ------------------------------
         for tab in (page, other):
-            tab.wait_for_function(
+            until(
+                tab,
                 """() => [...document.querySelectorAll("#gallery .person[data-person-id]")]
                     .some(p => p.querySelector(".person-name")?.textContent === "Grace"
                       && p.querySelector(".thumb img")?.complete
@@ -270,7 +288,8 @@ def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
                 timeout=10_000,
             )
         assert gallery_names(page) == ["Grace"]
-        page.wait_for_function(
+        until(
+            page,
             "document.querySelector('#stats [data-stat=persons]').textContent === '1'",
             timeout=5_000,
         )
@@ -296,14 +315,16 @@ def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
         back = time.monotonic()
         page.wait_for_selector("#connection[data-state='online']", timeout=20_000)
         print(f"online again {time.monotonic() - back:.1f} s after the new server started")
-        page.wait_for_function(
+        until(
+            page,
             """() => [...document.querySelectorAll("#gallery .person-name")]
                 .some(e => e.textContent === "Grace")""",
             timeout=10_000,
         )
         assert gallery_names(page) == ["Grace"]
-        page.wait_for_function(VIDEO_PLAYING, timeout=10_000)  # the MJPEG stream restarted
+        until(page, VIDEO_PLAYING, timeout=10_000)  # the MJPEG stream restarted
         assert page.is_hidden("#camera-status")
+        assert violations == [], "the panel broke its own Content-Security-Policy"
         context.close()
     finally:
         if not stopped:

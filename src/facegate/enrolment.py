@@ -8,7 +8,7 @@ call land in one transaction; a call with no accepted photo stores nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import msgspec
@@ -80,7 +80,7 @@ class PhotoEnroller:
 
     def enrol(
         self,
-        photos: Sequence[tuple[str, ImageArray]],
+        photos: Iterable[tuple[str, ImageArray]],
         *,
         name: str | None = None,
         person_id: str | None = None,
@@ -91,19 +91,22 @@ class PhotoEnroller:
     ) -> EnrolResult:
         """New person `name`, or more photos of `person_id` (exactly one of the two).
 
-        `refused` carries photos the caller could not even read, to report them together."""
+        `refused` carries photos the caller could not even read, to report them together;
+        `photos` may be a generator that decodes each photo when it is reached (and adds to
+        `refused` those it cannot), so that one decoded image is in memory at a time."""
         if (name is None) == (person_id is None):
             raise ValueError("give either a name (new person) or a person_id (add photos)")
         target_name = name if person_id is None else self.gallery.store.person(person_id).name
         warnings: list[str] = []
-        refusals = list(refused)
+        checked: list[Refusal] = []
         accepted: list[tuple[str, Face]] = []
         for label, image in photos:
             face, reason = self._check(label, image, person_id, force, warnings)
             if face is None:
-                refusals.append(Refusal(label, reason))
+                checked.append(Refusal(label, reason))
             else:
                 accepted.append((label, face))
+        refusals = [*refused, *checked]
         warnings += self._consistency(accepted)
         if not accepted:
             return EnrolResult(None, target_name, 0, warnings, refusals)

@@ -2,6 +2,11 @@
 
 A bus subscriber that writes events in small batches and prunes to the retention limits
 (`[events]` settings). `/api/events?since=SEQ` and history queries read it back.
+
+A name typed for a registration is kept only once it belongs to a stored person: the
+history's copy of `registration_approved` leaves the name out (the live event has it), and
+`registration_complete` carries it with the person's id, so erasing the person erases it.
+A registration that never completes leaves no name behind.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ import logging
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from facegate.bus import Subscription
-from facegate.events import Event, data_of, to_wire, type_name
+from facegate.events import Event, RegistrationApproved, data_of, to_wire, type_name
 from facegate.settings import EventLogSettings
 from facegate.store import LoggedEvent, Store, StoreError
 
@@ -19,7 +26,15 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
+def redacted(event: Event) -> Event:
+    """The event as the history keeps it (see the module docstring)."""
+    if isinstance(event, RegistrationApproved) and event.name:
+        return msgspec.structs.replace(event, name="", message="Registering a new person")
+    return event
+
+
 def logged(event: Event, now: float) -> LoggedEvent:
+    event = redacted(event)
     data = data_of(event)
     person = data.get("person_id")
     return LoggedEvent(

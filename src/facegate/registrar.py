@@ -18,6 +18,7 @@ import msgspec
 
 from facegate.events import Event, PersonLeftArea, PersonRecognized, UnknownPersonDetected
 from facegate.gallery import Gallery
+from facegate.names import clean_name
 from facegate.registration import (
     Decision,
     Input,
@@ -98,8 +99,11 @@ class Registrar:
                 pass
 
     def decide(self, register: bool, name: str | None, client: str) -> Reply:
-        """An operator's answer (WebSocket or REST). The first decision wins."""
-        cleaned = " ".join(name.split())[:200] if name else None
+        """An operator's answer (WebSocket or REST). The first decision wins.
+
+        Raises InvalidNameError for a name that breaks the rule (`facegate.names`), before
+        anything happens; no name (or only white space) means a default name."""
+        cleaned = clean_name(name) if register and name and name.strip() else None
         replies = self.handle(Decision(register, cleaned or None, client))
         reply = next((r for r in replies if r.client == client), None)
         if reply is not None and reply.ok:

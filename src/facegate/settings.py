@@ -163,24 +163,46 @@ class ServerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # Loopback by default: biometric data stays on this machine unless you decide otherwise.
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535)] = 8001
-    # Required when host is not a loopback address (or set FACEGATE_TOKEN).
+    # Role tokens. `token` (or FACEGATE_TOKEN) is the admin's; one of them is required when
+    # host is not a loopback address. With none set, everyone reaching the port is admin.
     token: str = ""
-    # Browser origins allowed on the WebSocket besides the panel's own.
+    operator_token: str = ""
+    viewer_token: str = ""
+    # Browser origins allowed to change state (and open the WebSocket) besides the panel's own.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     # Host headers accepted (besides localhost names and the bound host).
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     # Honour X-Forwarded-* headers (only behind a proxy you trust).
     proxy_headers: bool = False
     max_upload_mb: Annotated[float, Meta(gt=0.0, le=100.0)] = 5.0
-    # Each WebSocket client's outgoing queue; a client whose queue stays full this long is
-    # disconnected.
+    # Uploads waiting to be decoded and analysed (one at a time, off the event loop); more
+    # are answered 503.
+    max_pending_uploads: Annotated[int, Meta(ge=1, le=64)] = 4
+    # Each WebSocket client's outgoing queue, in messages and bytes; a client that does not
+    # read (a full queue, or a send blocked) for ws_stall_seconds is disconnected.
     ws_queue: Annotated[int, Meta(ge=8, le=100_000)] = 512
+    ws_queue_bytes: Annotated[int, Meta(ge=65_536, le=1_073_741_824)] = 1_048_576
     ws_stall_seconds: Annotated[float, Meta(gt=0.0, le=600.0)] = 5.0
+    # A connection must send its request headers within this long; an idle keep-alive
+    # connection is closed after keep_alive_seconds.
+    header_timeout_seconds: Annotated[float, Meta(gt=0.0, le=120.0)] = 5.0
+    keep_alive_seconds: Annotated[float, Meta(gt=0.0, le=300.0)] = 5.0
+    # Concurrent connections and requests; past this HTTP requests are answered 503.
+    max_connections: Annotated[int, Meta(ge=16, le=100_000)] = 2048
+    # Failed authentications per client address per minute before it is answered 429.
+    auth_failures_per_minute: Annotated[int, Meta(ge=1, le=10_000)] = 10
+    # Commands (reset, registration decisions) per client address: a rate and a burst.
+    commands_per_second: Annotated[float, Meta(gt=0.0, le=1000.0)] = 2.0
+    command_burst: Annotated[int, Meta(ge=1, le=1000)] = 5
 
 
 class StoreSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Keep a small JPEG of each person's best aligned face for the panel.
     thumbnails: bool = True
+    # The audit log (enrolments, erasures, failed logins; never vectors, images or names)
+    # is pruned to these limits.
+    audit_retention_days: Annotated[float, Meta(gt=0.0)] = 365.0
+    audit_max_rows: Annotated[int, Meta(ge=100)] = 100_000
 
 
 class QualityGate(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -34,6 +34,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from facegate.names import InvalidNameError, clean_name
+
 DB_NAME = "facegate.db"
 LOCK_NAME = "store.lock"
 APPLICATION_ID = 0x46474154  # "FGAT"
@@ -639,6 +641,20 @@ class Store:
         finally:
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
+    def prune_audit(self, *, retention_seconds: float, max_rows: int) -> int:
+        """Drop audit entries older than the retention or beyond the newest `max_rows`."""
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "DELETE FROM audit WHERE at < ?", (self._clock() - retention_seconds,)
+            )
+            removed = cur.rowcount
+            cur = conn.execute(
+                "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC"
+                " LIMIT 1 OFFSET ?)",
+                (max_rows,),
+            )
+            return removed + cur.rowcount
+
     def record(self, actor: str, action: str, person_id: str | None = None, **detail: Any) -> None:
         """An audit entry on its own (exports, imports, refused attempts)."""
         with self._transaction() as conn:
@@ -766,12 +782,10 @@ def _person(row: tuple[Any, ...]) -> Person:
 
 
 def _clean_name(name: str) -> str:
-    cleaned = " ".join(name.split())
-    if not cleaned:
-        raise StoreError("a person's name cannot be empty")
-    if len(cleaned) > 200:
-        raise StoreError("a person's name is limited to 200 characters")
-    return cleaned
+    try:
+        return clean_name(name)
+    except InvalidNameError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def _checked_vector(vector: npt.NDArray[np.float32], dim: int) -> npt.NDArray[np.float32]:

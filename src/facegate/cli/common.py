@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from facegate.face import FaceAnalyzer
+from facegate.names import printable
 from facegate.settings import Settings, default_data_dir, load_settings
 
 if TYPE_CHECKING:
@@ -35,12 +36,12 @@ class Output:
             sys.stdout.buffer.write(_encoder.encode(obj) + b"\n")
             sys.stdout.buffer.flush()
         else:
-            print(text, flush=True)
+            print(printable(text), flush=True)
 
     def fail(self, message: str) -> int:
         if self.as_json:
             self.emit({"error": message}, message)
-        print(f"facegate: {message}", file=sys.stderr)
+        print(f"facegate: {printable(message)}", file=sys.stderr)
         return EXIT_CANNOT_RUN
 
 

@@ -20,6 +20,7 @@ from facegate.cli.common import EXIT_OK, EXIT_SOME_FAILED, Context, rounded
 from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal
 from facegate.face import ImageArray
 from facegate.images import ImageError, read_image
+from facegate.names import InvalidNameError, clean_name
 from facegate.quality import QualityValidator
 from facegate.store import ErasurePendingError, UnknownPersonError
 
@@ -71,12 +72,17 @@ def _csv_groups(ctx: Context, path: Path) -> tuple[dict[str, list[str]], int]:
     groups: dict[str, list[str]] = {}
     bad = 0
     for line, row in enumerate(rows, start=2):
-        photo, name = (row.get("path") or "").strip(), " ".join((row.get("name") or "").split())
-        if not photo or not name:
+        photo, raw_name = (row.get("path") or "").strip(), row.get("name") or ""
+        problem = "" if photo and raw_name.strip() else "row needs both a path and a name"
+        if not problem:
+            try:
+                name = clean_name(raw_name)
+            except InvalidNameError as exc:
+                problem = str(exc)
+        if problem:
             bad += 1
             ctx.out.emit(
-                {"path": str(path), "line": line, "error": "row needs both a path and a name"},
-                f"{path}:{line}: row needs both a path and a name",
+                {"path": str(path), "line": line, "error": problem}, f"{path}:{line}: {problem}"
             )
             continue
         full = Path(photo) if Path(photo).is_absolute() else path.parent / photo
@@ -102,7 +108,10 @@ def cmd_enroll(ctx: Context) -> int:
     else:
         if not args.name or not args.images:
             return ctx.out.fail("usage: facegate enroll NAME IMG... (or --from-csv FILE)")
-        groups, bad = {args.name: args.images}, 0
+        try:
+            groups, bad = {clean_name(args.name): args.images}, 0
+        except InvalidNameError as exc:
+            return ctx.out.fail(str(exc))
     analyzer = ctx.analyzer()
     with ctx.store(readonly=False) as store:
         gallery = ctx.gallery(store)
@@ -225,9 +234,13 @@ def cmd_persons_show(ctx: Context) -> int:
 
 
 def cmd_persons_rename(ctx: Context) -> int:
+    try:
+        name = clean_name(ctx.args.name)
+    except InvalidNameError as exc:
+        return ctx.out.fail(str(exc))
     with ctx.store(readonly=False) as store:
         try:
-            p = store.rename(ctx.args.id, ctx.args.name, actor=ACTOR)
+            p = store.rename(ctx.args.id, name, actor=ACTOR)
         except UnknownPersonError as exc:
             return ctx.out.fail(str(exc))
         ctx.out.emit({"person_id": p.id, "name": p.name}, f"{p.id} is now {p.name}")

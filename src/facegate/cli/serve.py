@@ -13,9 +13,8 @@ from facegate.face import FaceAnalyzer
 
 
 def cmd_serve(ctx: Context) -> int:
-    import uvicorn
-
     from facegate.server.app import GracefulServer, create_app, is_loopback
+    from facegate.server.http import raise_open_file_limit, uvicorn_config
     from facegate.server.runtime import Runtime
     from facegate.sources import SourceError, open_source
 
@@ -24,7 +23,7 @@ def cmd_serve(ctx: Context) -> int:
     host = args.host or server.host
     port = args.port or server.port
     token = os.environ.get("FACEGATE_TOKEN") or server.token
-    if not is_loopback(host) and not token:
+    if not is_loopback(host) and not (token or server.operator_token or server.viewer_token):
         return ctx.out.fail(
             f"refusing to listen on {host} without a token: set server.token or FACEGATE_TOKEN"
             " (clients then send `Authorization: Bearer <token>`), or keep the default"
@@ -48,18 +47,8 @@ def cmd_serve(ctx: Context) -> int:
     runtime = Runtime(settings, ctx.data_dir, source, analyzer_factory, loop_source=args.loop)
     app = create_app(runtime)
     print(f"facegate: panel at http://{host}:{port}/  (source: {source.name})", file=sys.stderr)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        ws_max_size=64 * 1024,
-        # Events are small JSON sent to every client: compressing each one once per client
-        # (permessage-deflate) cost 3x the broadcast throughput for little saving.
-        ws_per_message_deflate=False,
-        proxy_headers=server.proxy_headers,
-        timeout_graceful_shutdown=3,
-    )
+    raise_open_file_limit()
+    config = uvicorn_config(app, settings.server)
     # uvicorn re-raises SIGTERM after its clean shutdown; end with status 0 instead of -15.
     signal.signal(signal.SIGTERM, _exit_ok)
     GracefulServer(config, runtime).run()

@@ -1,13 +1,16 @@
 """HTTP handlers: the original design's endpoints and the panel's API.
 
-Every error is JSON `{"error": ...}`: 400 bad input, 404 unknown ids, 413 uploads over the
-limit (BodyLimit middleware), 409 refused enrolments.
+Every error is JSON `{"error": ...}`: 400 bad input, 404 unknown ids, 409 refused
+enrolments, 413 uploads over the limit (BodyLimit), 415 image formats other than JPEG, PNG,
+WebP and BMP, 503 while the upload worker is full. Access, origins and content types are
+checked before any handler runs (security.Guard). Uploaded images are decoded and analysed
+on the upload worker's thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,15 +18,26 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 import numpy as np
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from facegate import __version__
-from facegate.enrolment import PhotoEnroller, Refusal
+from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal
 from facegate.events import json_schema
-from facegate.images import ImageError, decode_image
+from facegate.face import Face, FaceAnalyzer, ImageArray
+from facegate.gallery import Gallery, Identification
+from facegate.images import (
+    ACCEPTED_FORMATS,
+    ImageError,
+    UnsupportedImageError,
+    decode_image,
+    image_format,
+)
+from facegate.names import InvalidNameError, clean_name
 from facegate.quality import QualityValidator
 from facegate.server.annotate import annotate, jpeg, placeholder
+from facegate.server.uploads import UploadsBusyError, UploadWorker
 from facegate.store import ErasurePendingError, StoreError, UnknownPersonError
 
 if TYPE_CHECKING:
@@ -35,8 +49,27 @@ T = TypeVar("T")
 MJPEG_FPS = 12.0
 
 
-def error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+MAX_SEQ = 2**63 - 1
+MAX_EVENTS = 1000
+
+
+def error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def bounded_int(request: Request, key: str, default: int, low: int, high: int) -> int:
+    """A query parameter as an integer within [low, high]; ValueError naming the bounds."""
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    text = raw.strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
+        raise ValueError(f"`{key}` must be an integer from {low} to {high}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"`{key}` must be an integer from {low} to {high}")
+    return value
 
 
 def _iso(ts: float) -> str:
@@ -96,8 +129,16 @@ def get_user_response(runtime: Runtime) -> Handler:
     return handler
 
 
+class EmptyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
 def reset_system(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
+        if await request.body():  # optional; `{}` when given
+            body = await _json_body(request, EmptyBody)
+            if isinstance(body, JSONResponse):
+                return body
         if runtime.registrar is not None:
             runtime.registrar.reset()
         return JSONResponse({"ok": True, "message": "System reset"})
@@ -128,7 +169,10 @@ def registration_decision(runtime: Runtime) -> Handler:
         if runtime.registrar is None:
             return error("not ready", 503)
         client = f"http:{request.client.host if request.client else '?'}"
-        reply = runtime.registrar.decide(body.register, body.name, client)
+        try:
+            reply = runtime.registrar.decide(body.register, body.name, client)
+        except InvalidNameError as exc:
+            return error(str(exc), 400)
         return JSONResponse(
             {"ok": reply.ok, "message": reply.message}, status_code=200 if reply.ok else 409
         )
@@ -150,55 +194,97 @@ def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
     }
 
 
-async def _photos(form: Any) -> tuple[list[tuple[str, Any]], list[Refusal]]:
-    photos: list[tuple[str, Any]] = []
-    refused: list[Refusal] = []
-    for item in form.getlist("files"):
-        if not isinstance(item, UploadFile):
-            refused.append(Refusal(str(item)[:40], "not a file"))
-            continue
-        label = item.filename or "upload"
-        try:
-            photos.append((label, decode_image(await item.read(), label)))
-        except ImageError as exc:
-            refused.append(Refusal(label, str(exc)))
-    return photos, refused
+def _uploads(form: Any, field: str) -> list[tuple[str, UploadFile | str]]:
+    return [
+        ((item.filename or "upload") if isinstance(item, UploadFile) else "field", item)
+        for item in form.getlist(field)
+    ]
 
 
-def persons(runtime: Runtime) -> Handler:
+async def _read(items: list[tuple[str, UploadFile | str]]) -> list[tuple[str, bytes | None]]:
+    """The bytes of each uploaded file (None for a part that is not a file)."""
+    return [
+        (label, await item.read() if isinstance(item, UploadFile) else None)
+        for label, item in items
+    ]
+
+
+def _unsupported(files: list[tuple[str, bytes | None]]) -> JSONResponse | None:
+    """415 when any file is of a format that is not accepted (nothing is analysed then)."""
+    for label, data in files:
+        if data and image_format(data) not in ACCEPTED_FORMATS:
+            try:
+                decode_image(data, label)  # refuses at the magic bytes, before decoding
+            except UnsupportedImageError as exc:
+                return JSONResponse(
+                    {"error": str(exc), "accepted": list(ACCEPTED_FORMATS)}, status_code=415
+                )
+            except ImageError:
+                continue
+    return None
+
+
+def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
     async def handler(request: Request) -> Response:
         store, gallery = runtime.store, runtime.gallery
         assert store is not None and gallery is not None
         if request.method == "GET":
             return JSONResponse([_person_json(runtime, p.id) for p in store.persons()])
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
-        async with request.form(max_files=20, max_part_size=limit) as form:
-            return await _enrol(runtime, form)
+        try:
+            async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
+                try:
+                    name = clean_name(str(form.get("name") or ""))
+                except InvalidNameError as exc:
+                    return error(f"field `name`: {exc}", 400)
+                files = await _read(_uploads(form, "files"))
+                force = str(form.get("force") or "").lower() in ("1", "true", "yes")
+        except MultiPartException as exc:
+            return error(f"invalid form: {exc.message}", 400)
+        if not files:
+            return error("at least one photo in field `files` is required", 400)
+        if (unsupported := _unsupported(files)) is not None:
+            return unsupported
+        enroller = PhotoEnroller(
+            gallery,
+            runtime.upload_analyzer(),
+            QualityValidator(runtime.settings.quality),
+            thumbnails=runtime.settings.store.thumbnails,
+        )
+        try:
+            result, decoded = await uploads.run(_enrol, enroller, files, name, force)
+        except UploadsBusyError as exc:
+            return error(str(exc), 503, {"Retry-After": "1"})
+        status = 201 if result.person_id else (400 if not decoded else 409)
+        return JSONResponse(msgspec.to_builtins(result), status_code=status)
 
     return handler
 
 
-async def _enrol(runtime: Runtime, form: Any) -> Response:
-    gallery = runtime.gallery
-    assert gallery is not None
-    name = str(form.get("name") or "").strip()
-    if not name:
-        return error("field `name` is required", 400)
-    photos, refused = await _photos(form)
-    if not photos and not refused:
-        return error("at least one photo in field `files` is required", 400)
-    enroller = PhotoEnroller(
-        gallery,
-        runtime.upload_analyzer(),
-        QualityValidator(runtime.settings.quality),
-        thumbnails=runtime.settings.store.thumbnails,
-    )
-    force = str(form.get("force") or "").lower() in ("1", "true", "yes")
-    result = await asyncio.to_thread(
-        enroller.enrol, photos, name=name, force=force, actor="api", refused=refused
-    )
-    status = 201 if result.person_id else (400 if not photos else 409)
-    return JSONResponse(msgspec.to_builtins(result), status_code=status)
+def _enrol(
+    enroller: PhotoEnroller, files: list[tuple[str, bytes | None]], name: str, force: bool
+) -> tuple[EnrolResult, int]:
+    """On the upload worker: each photo is decoded only when it is analysed (one decoded
+    image in memory at a time). Returns the result and how many photos could be decoded."""
+    refused: list[Refusal] = []
+    decoded = 0
+
+    def images() -> Iterator[tuple[str, ImageArray]]:
+        nonlocal decoded
+        for label, data in files:
+            if data is None:
+                refused.append(Refusal(label, "not a file"))
+                continue
+            try:
+                image = decode_image(data, label)
+            except ImageError as exc:
+                refused.append(Refusal(label, str(exc)))
+                continue
+            decoded += 1
+            yield label, image
+
+    result = enroller.enrol(images(), name=name, force=force, actor="api", refused=refused)
+    return result, decoded
 
 
 class RenameBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -217,7 +303,11 @@ def person(runtime: Runtime) -> Handler:
                 body = await _json_body(request, RenameBody)
                 if isinstance(body, JSONResponse):
                     return body
-                gallery.rename(pid, body.name, actor="api")
+                try:
+                    name = clean_name(body.name)
+                except InvalidNameError as exc:
+                    return error(f"`name`: {exc}", 400)
+                gallery.rename(pid, name, actor="api")
                 return JSONResponse(_person_json(runtime, pid))
             removed = await asyncio.to_thread(gallery.delete_person, pid, actor="api")
             return JSONResponse(
@@ -249,23 +339,30 @@ def thumbnail(runtime: Runtime) -> Handler:
     return handler
 
 
-def identify(runtime: Runtime) -> Handler:
+def identify(runtime: Runtime, uploads: UploadWorker) -> Handler:
     async def handler(request: Request) -> Response:
         gallery = runtime.gallery
         assert gallery is not None
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
-        async with request.form(max_files=1, max_part_size=limit) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                return error("a photo in field `file` is required", 400)
-            try:
-                image = decode_image(await upload.read(), upload.filename or "upload")
-            except ImageError as exc:
-                return error(str(exc), 400)
-        analyzer = runtime.upload_analyzer()
-        faces = await asyncio.to_thread(analyzer.analyze, image)
-        vectors = [f.embedding for f in faces if f.embedding is not None]
-        found = gallery.identify(np.stack(vectors)) if vectors else []
+        try:
+            async with request.form(max_files=1, max_fields=5, max_part_size=limit) as form:
+                files = await _read(_uploads(form, "file"))
+        except MultiPartException as exc:
+            return error(f"invalid form: {exc.message}", 400)
+        if len(files) != 1 or files[0][1] is None:
+            return error("a photo in field `file` is required", 400)
+        if (unsupported := _unsupported(files)) is not None:
+            return unsupported
+        label, data = files[0]
+        assert data is not None
+        try:
+            faces, found = await uploads.run(
+                _identify, runtime.upload_analyzer(), gallery, data, label
+            )
+        except UploadsBusyError as exc:
+            return error(str(exc), 503, {"Retry-After": "1"})
+        except ImageError as exc:
+            return error(str(exc), 400)
         return JSONResponse(
             {
                 "faces": [
@@ -285,14 +382,23 @@ def identify(runtime: Runtime) -> Handler:
     return handler
 
 
+def _identify(
+    analyzer: FaceAnalyzer, gallery: Gallery, data: bytes, label: str
+) -> tuple[list[Face], list[Identification]]:
+    """On the upload worker: decode, analyse, search."""
+    faces = [f for f in analyzer.analyze(decode_image(data, label)) if f.embedding is not None]
+    vectors = [f.embedding for f in faces if f.embedding is not None]
+    return faces, (gallery.identify(np.stack(vectors)) if vectors else [])
+
+
 def events(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
         assert runtime.store is not None
         try:
-            since = int(request.query_params.get("since", "0"))
-            limit = min(1000, int(request.query_params.get("limit", "500")))
-        except ValueError:
-            return error("`since` and `limit` must be integers", 400)
+            since = bounded_int(request, "since", 0, 0, MAX_SEQ)
+            limit = bounded_int(request, "limit", 500, 1, MAX_EVENTS)
+        except ValueError as exc:
+            return error(str(exc), 400)
         rows = runtime.store.events(since, limit)
         body = b"[" + b",".join(r.data.encode() for r in rows) + b"]"
         return Response(body, media_type="application/json")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import msgspec
 import uvicorn
@@ -26,7 +24,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from facegate.names import InvalidNameError
 from facegate.server import api
+from facegate.server.access import MESSAGES, ROUTES, Role, Tokens
 from facegate.server.hub import Hub, close_quietly
 from facegate.server.protocol import (
     Auth,
@@ -40,12 +40,17 @@ from facegate.server.protocol import (
     decode_client,
 )
 from facegate.server.runtime import Runtime
+from facegate.server.security import SCOPE_ROLE, Guard, client_address
+from facegate.server.throttle import AuthThrottle, RateLimiter
+from facegate.server.uploads import UploadWorker
+from facegate.settings import ServerSettings
+from facegate.store import StoreError
 
 STATIC = Path(__file__).resolve().parents[3] / "static"
 MAX_WS_MESSAGE = 64 * 1024
 CLOSE_TOO_BIG = 1009
 AUTH_WAIT_SECONDS = 5.0
-IMAGE_PATHS = ("/video.mjpg", "/snapshot.jpg")
+AUDIT_FLUSH_SECONDS = 10.0
 
 
 def is_loopback(host: str) -> bool:
@@ -98,58 +103,41 @@ class _TooLargeError(Exception):
     pass
 
 
-class BearerAuth:
-    """Bearer-token check for HTTP when a token is configured (constant-time compare)."""
-
-    def __init__(self, app: ASGIApp, token: str, on_failure: Any) -> None:
-        self.app = app
-        self.token = token.encode()
-        self.on_failure = on_failure
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.token or _public(scope):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        given = header[7:] if header.lower().startswith(b"bearer ") else b""
-        if not given and scope.get("path") in IMAGE_PATHS:
-            # An <img> cannot send headers: the panel's video and snapshot carry ?token=.
-            query = parse_qs(scope.get("query_string", b"").decode(errors="replace"))
-            given = (query.get("token") or [""])[0].encode()
-        if not hmac.compare_digest(given, self.token):
-            self.on_failure(scope.get("path", ""), scope.get("client"))
-            response = JSONResponse(
-                {"error": "missing or wrong bearer token"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _public(scope: Scope) -> bool:
-    """The panel's own files load without a token (the page then sends it); `/` only as the
-    panel's HTML, never as the JSON status."""
-    path: str = scope.get("path", "")
-    if scope.get("method") != "GET":
-        return False
-    if path == "/":
-        accept = dict(scope["headers"]).get(b"accept", b"")
-        return b"text/html" in accept and (STATIC / "index.html").is_file()
-    return path == "/index.html" or path.endswith((".js", ".css", ".svg", ".png", ".ico"))
+def tokens_of(server: ServerSettings) -> Tokens:
+    return Tokens(admin=server.token, operator=server.operator_token, viewer=server.viewer_token)
 
 
 def create_app(runtime: Runtime) -> Starlette:
     settings = runtime.settings
     server = settings.server
-    hub = Hub(maxsize=server.ws_queue, stall_seconds=server.ws_stall_seconds)
-    token = server.token
+    hub = Hub(
+        maxsize=server.ws_queue,
+        max_bytes=server.ws_queue_bytes,
+        stall_seconds=server.ws_stall_seconds,
+    )
+    tokens = tokens_of(server)
+    throttle = AuthThrottle(limit=server.auth_failures_per_minute)
+    limiter = RateLimiter(server.commands_per_second, server.command_burst)
+    uploads = UploadWorker(server.max_pending_uploads)
 
-    def audit_failure(path: str, client: Any) -> None:
-        if runtime.store is not None:
-            with contextlib.suppress(Exception):
-                runtime.store.record("auth", "auth_failed", path=path, client=str(client))
+    def write_audit(*, everything: bool = False) -> None:
+        """Failed logins as one row per address per minute; the audit log within limits."""
+        store = runtime.store
+        if store is None:
+            return
+        for window in throttle.drain(everything=everything):
+            with contextlib.suppress(StoreError):
+                store.record("auth", "auth_failed", **msgspec.to_builtins(window))
+        with contextlib.suppress(StoreError):
+            store.prune_audit(
+                retention_seconds=settings.store.audit_retention_days * 86400.0,
+                max_rows=settings.store.audit_max_rows,
+            )
+
+    async def audit_writer() -> None:
+        while True:
+            await asyncio.sleep(AUDIT_FLUSH_SECONDS)
+            await asyncio.to_thread(write_audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -157,6 +145,7 @@ def create_app(runtime: Runtime) -> Starlette:
         tasks = [
             asyncio.create_task(hub.run(runtime.bus.subscribe("websockets", maxsize=8192))),
             asyncio.create_task(hub.reap()),
+            asyncio.create_task(audit_writer()),
         ]
         try:
             yield
@@ -166,19 +155,16 @@ def create_app(runtime: Runtime) -> Starlette:
             for client in list(hub.clients):
                 await hub.remove(client)
                 await close_quietly(client.ws, 1001, "server shutting down")
+            uploads.close()
+            write_audit(everything=True)
             await runtime.stop()
 
     async def ws_endpoint(websocket: WebSocket) -> None:
-        origin = websocket.headers.get("origin")
-        if origin is not None and not _origin_ok(origin, websocket, server.allowed_origins):
-            await websocket.close(code=1008)  # before accept: the handshake gets HTTP 403
-            return
-        authed = not token or hmac.compare_digest(
-            websocket.query_params.get("token", "").encode(), token.encode()
-        )
+        role: Role | None = websocket.scope.get(SCOPE_ROLE)
         await websocket.accept()
-        if not authed and not await _auth_first_message(websocket, token):
-            audit_failure("/ws", websocket.client)
+        if role is None:
+            role = await _auth_first_message(websocket, tokens, throttle)
+        if role is None or role < ROUTES["/ws"]["WEBSOCKET"].role:
             await close_quietly(websocket, 1008, "authentication required")
             return
         client = hub.add(websocket)
@@ -193,6 +179,7 @@ def create_app(runtime: Runtime) -> Starlette:
                 status=status,
             ),
         )
+        address = client_address(websocket.scope)
         try:
             while True:
                 message = await websocket.receive()
@@ -203,7 +190,9 @@ def create_app(runtime: Runtime) -> Starlette:
                 if size > MAX_WS_MESSAGE:
                     await close_quietly(websocket, CLOSE_TOO_BIG, "message over 64 KiB")
                     break
-                hub_reply = _dispatch(runtime, raw, client.name)
+                hub_reply = _dispatch(
+                    runtime, raw, client.name, role=role, limiter=limiter, address=address
+                )
                 if hub_reply is not None:
                     hub.send(client, hub_reply)
         finally:
@@ -215,10 +204,10 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/get_user_response", api.get_user_response(runtime)),
         Route("/reset_system", api.reset_system(runtime), methods=["POST"]),
         Route("/registration_decision", api.registration_decision(runtime), methods=["POST"]),
-        Route("/api/persons", api.persons(runtime), methods=["GET", "POST"]),
+        Route("/api/persons", api.persons(runtime, uploads), methods=["GET", "POST"]),
         Route("/api/persons/{person_id}", api.person(runtime), methods=["GET", "PATCH", "DELETE"]),
         Route("/api/persons/{person_id}/thumbnail", api.thumbnail(runtime)),
-        Route("/api/identify", api.identify(runtime), methods=["POST"]),
+        Route("/api/identify", api.identify(runtime, uploads), methods=["POST"]),
         Route("/api/events", api.events(runtime)),
         Route("/api/stats", api.stats(runtime, hub)),
         Route("/api/schema", api.schema),
@@ -240,30 +229,54 @@ def create_app(runtime: Runtime) -> Starlette:
     ]
     middleware = [
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+        Middleware(
+            Guard,
+            routes=routes,
+            tokens=tokens,
+            allowed_origins=server.allowed_origins,
+            throttle=throttle,
+            limiter=limiter,
+            page_available=(STATIC / "index.html").is_file,
+        ),
         Middleware(BodyLimit, limit=int(server.max_upload_mb * 2**20)),
-        Middleware(BearerAuth, token=token, on_failure=audit_failure),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.hub = hub
     app.state.runtime = runtime
+    app.state.throttle = throttle
+    app.state.limiter = limiter
+    app.state.uploads = uploads
+    app.state.write_audit = write_audit
     return app
 
 
-def _origin_ok(origin: str, ws: WebSocket, allowed: list[str]) -> bool:
-    own = {f"http://{ws.headers.get('host', '')}", f"https://{ws.headers.get('host', '')}"}
-    return origin in own or origin in allowed
-
-
-async def _auth_first_message(ws: WebSocket, token: str) -> bool:
+async def _auth_first_message(ws: WebSocket, tokens: Tokens, throttle: AuthThrottle) -> Role | None:
+    """The role of a first `auth` message's token, or None (wrong, late or not an auth)."""
+    address = client_address(ws.scope)
+    if throttle.retry_after(address) is not None:
+        return None
     try:
         raw = await asyncio.wait_for(ws.receive_text(), timeout=AUTH_WAIT_SECONDS)
         msg = decode_client(raw)
     except Exception:
-        return False
-    return isinstance(msg, Auth) and hmac.compare_digest(msg.data.token.encode(), token.encode())
+        return None
+    if not isinstance(msg, Auth):
+        return None
+    role = tokens.role_of(msg.data.token)
+    if role is None:
+        throttle.failed(address, "/ws")
+    return role
 
 
-def _dispatch(runtime: Runtime, raw: str | bytes, client: str) -> Any:
+def _dispatch(
+    runtime: Runtime,
+    raw: str | bytes,
+    client: str,
+    *,
+    role: Role,
+    limiter: RateLimiter,
+    address: str,
+) -> Any:
     """One client message -> the reply to send back to that client (or None)."""
     try:
         msg = decode_client(raw)
@@ -271,6 +284,11 @@ def _dispatch(runtime: Runtime, raw: str | bytes, client: str) -> Any:
         return Error(message=f"invalid message: {exc}")
     except msgspec.DecodeError as exc:
         return Error(message=f"invalid JSON: {exc}")
+    access = MESSAGES[msg.__struct_config__.tag]  # type: ignore[index]
+    if role < access.role:
+        return Error(message=f"{access.role.label} role needed; your token is {role.label}")
+    if access.limited and not limiter.allow(address):
+        return Error(message="too many commands: slow down")
     registrar = runtime.registrar
     match msg:
         case Ping():
@@ -284,7 +302,10 @@ def _dispatch(runtime: Runtime, raw: str | bytes, client: str) -> Any:
         case RegistrationDecision(data=data):
             if registrar is None:
                 return DecisionResult(ok=False, message="not ready")
-            reply = registrar.decide(data.register, data.name, client)
+            try:
+                reply = registrar.decide(data.register, data.name, client)
+            except InvalidNameError as exc:
+                return DecisionResult(ok=False, message=str(exc))
             return DecisionResult(ok=reply.ok, message=reply.message)
 
 

@@ -13,8 +13,6 @@ import msgspec
 
 from facegate.events import Event
 
-MAX_NAME = 200
-
 
 # -- client -> server ------------------------------------------------------------------------
 class DecisionData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,0 +1,113 @@
+"""How `facegate serve` runs uvicorn: connection limits that a silent client cannot exhaust.
+
+uvicorn times out idle keep-alive connections (`timeout_keep_alive`) but not a connection
+that never sends its request headers: a few thousand sockets that connect and say nothing
+(or trickle a header byte now and then) would hold every file descriptor. `HeaderTimeoutH11`
+closes a connection whose request headers are not complete `header_timeout_seconds` after
+it opened or after its last response. `limit_concurrency` answers 503 past
+`max_connections`, and `raise_open_file_limit` lifts the soft descriptor limit to the hard
+one at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from facegate.settings import ServerSettings
+
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class FacegateConfig(uvicorn.Config):
+    def __init__(self, app: Any, *, header_timeout: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.header_timeout = header_timeout
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request headers do not arrive."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.header_timeout: float = getattr(config, "header_timeout", 5.0)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._cycles = 0  # requests whose headers arrived; a timer checks it did not move
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        before = self.scope
+        super().handle_events()
+        if self.scope is not before:  # a request's headers arrived
+            self._cycles += 1
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request's headers are due as well
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._expire, self._cycles)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expire(self, cycles: int) -> None:
+        self._header_timer = None
+        if self._cycles != cycles or self.transport.is_closing():
+            return
+        if self.transport.get_protocol() is not self:
+            return  # upgraded to a WebSocket
+        if self.conn.their_state is not h11.IDLE:
+            return  # a request is under way (its body has its own pace)
+        self.transport.close()
+
+
+def uvicorn_config(app: Any, server: ServerSettings, **overrides: Any) -> FacegateConfig:
+    """The uvicorn configuration `facegate serve` uses (tests start theirs from it too)."""
+    options: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "log_level": "warning",
+        "http": HeaderTimeoutH11,
+        "ws_max_size": 64 * 1024,
+        # Events are small JSON sent to every client: compressing each one once per client
+        # (permessage-deflate) cost 3x the broadcast throughput for little saving.
+        "ws_per_message_deflate": False,
+        "proxy_headers": server.proxy_headers,
+        "timeout_keep_alive": server.keep_alive_seconds,
+        "limit_concurrency": server.max_connections,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "timeout_graceful_shutdown": 3,
+    }
+    options.update(overrides)
+    return FacegateConfig(app, header_timeout=server.header_timeout_seconds, **options)
+
+
+def raise_open_file_limit(wanted: int = 65536) -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE towards the hard limit; returns (soft, hard) after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft, hard
