@@ -321,6 +321,20 @@ def test_websocket_messages_need_their_role(build: Build) -> None:
             assert "no registration" in reply["data"]["message"]
 
 
+def test_websocket_clients_are_capped(build: Build) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with (
+        build(server={"ws_max_clients": 2}) as (client, _),
+        client.websocket_connect("/ws") as a,
+        client.websocket_connect("/ws") as b,
+    ):
+        assert a.receive_json()["type"] == b.receive_json()["type"] == "connected"
+        with client.websocket_connect("/ws") as c, pytest.raises(WebSocketDisconnect) as info:
+            c.receive_json()
+        assert info.value.code == 1013
+
+
 def test_a_path_that_looks_like_a_static_file_still_needs_the_token(build: Build) -> None:
     with build(server=TOKENS) as (client, _):
         for path in ("/api/persons/abc.png", "/api/persons/x.js", "/api/persons/abc/thumbnail"):
@@ -514,6 +528,17 @@ def test_hostile_names_are_refused_everywhere_before_analysis(
             assert reply["data"]["ok"] is False and "1-200 characters" in reply["data"]["message"]
         assert runtime.store is not None and runtime.store.persons() == []
     assert analysed == []
+
+
+def test_a_file_sent_as_the_name_field_is_not_a_name(build: Build) -> None:
+    with build() as (client, runtime):
+        files = [
+            ("name", ("a.txt", b"Ann", "text/plain")),
+            ("files", ("a.jpg", jpeg_bytes(), "image/jpeg")),
+        ]
+        r = client.post("/api/persons", files=files)
+        assert r.status_code == 400 and "must be text" in r.json()["error"]
+        assert runtime.store is not None and runtime.store.persons() == []
 
 
 def test_names_are_normalised(build: Build) -> None:

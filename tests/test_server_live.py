@@ -37,6 +37,7 @@ from websockets.typing import Origin
 from facegate.events import SystemReady
 from facegate.face import FaceAnalyzer
 from facegate.server.app import create_app
+from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
 from facegate.sources import ImageFolderSource
@@ -101,9 +102,8 @@ def live(tmp_path: Path, analyzer_pool: list[FaceAnalyzer]) -> Callable[..., Any
         )
         app = create_app(runtime)
         port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=65536
-        )
+        # As `facegate serve` configures uvicorn (timeouts, limits, WebSocket options).
+        config = uvicorn_config(app, settings.server, host="127.0.0.1", port=port)
         srv = uvicorn.Server(config)
         thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
         thread.start()
@@ -314,6 +314,50 @@ def test_live_a_dropped_client_is_told(live: Callable[..., Any]) -> None:
         assert result["removed_after"] is not None
         with result["stalled"] as sock:
             assert read_until_close(sock, timeout=3.0) == 1008
+
+
+def test_live_a_stalled_client_is_dropped_at_a_low_event_rate(live: Callable[..., Any]) -> None:
+    """Once a client's buffers are full, a few big events a second: its queue (512 messages)
+    would take a minute to fill, but its writer's send is blocked, and that is what counts."""
+    stall = 1.0
+    with live(server={"ws_stall_seconds": stall}) as srv, stalled_socket(srv.port) as sock:
+        deadline = time.monotonic() + 5
+        while len(srv.hub) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        client = next(iter(srv.hub.clients))
+        published = 0
+
+        def publish(count: int) -> None:
+            nonlocal published
+            for _ in range(count):
+                srv.runtime.bus.publish_threadsafe(stamped(published))
+                published += 1
+
+        def blocked() -> bool:  # events wait, and the writer is inside a send
+            return bool(client.queue) and getattr(client, "sending_since", 0) is not None
+
+        # Fill its buffers fast (on loopback the kernel takes a few MB) until its writer blocks.
+        deadline = time.monotonic() + 15
+        while True:
+            assert time.monotonic() < deadline, "the stalled client's buffers never filled"
+            publish(20)
+            time.sleep(0.05)
+            if blocked():
+                time.sleep(0.1)
+                if blocked():
+                    break
+        blocked_at = time.monotonic()
+        assert len(client.queue) < 100
+        # Then 10 events a second.
+        while not srv.hub.disconnected_slow and time.monotonic() < blocked_at + stall + 4:
+            publish(1)
+            time.sleep(0.1)
+        dropped_after = time.monotonic() - blocked_at
+        assert srv.hub.disconnected_slow == 1, "the stalled client was never dropped"
+        assert dropped_after < stall + 1.0, f"dropped {dropped_after:.1f} s after it blocked"
+        assert len(srv.hub) == 0
+        assert read_until_close(sock, timeout=5.0) == 1008
 
 
 # -- the CLI -----------------------------------------------------------------------------------

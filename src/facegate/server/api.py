@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import numpy as np
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
@@ -155,6 +155,8 @@ async def _json_body(request: Request, kind: type[T]) -> T | JSONResponse:
     body = await request.body()
     try:
         return msgspec.json.decode(body, type=kind)
+    except RecursionError:
+        return error("invalid JSON: nested too deeply", 400)
     except msgspec.ValidationError as exc:
         return error(f"invalid body: {exc}", 400)
     except msgspec.DecodeError as exc:
@@ -194,6 +196,20 @@ def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
     }
 
 
+async def _incomplete_multipart(request: Request) -> JSONResponse | None:
+    """400 for a multipart body without its closing boundary. The parser would drop the cut
+    part silently (and leave its temporary file open); the body is bounded by the upload
+    limit, so reading it whole first is cheap, and the form is then parsed from it."""
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        return error("multipart body without a boundary parameter", 400)
+    body, closing = await request.body(), b"--" + boundary + b"--"
+    if not (body.startswith(closing) or b"\r\n" + closing in body):
+        return error("truncated multipart body (no closing boundary)", 400)
+    return None
+
+
 def _uploads(form: Any, field: str) -> list[tuple[str, UploadFile | str]]:
     return [
         ((item.filename or "upload") if isinstance(item, UploadFile) else "field", item)
@@ -231,16 +247,18 @@ def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
         if request.method == "GET":
             return JSONResponse([_person_json(runtime, p.id) for p in store.persons()])
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
-        try:
-            async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
-                try:
-                    name = clean_name(str(form.get("name") or ""))
-                except InvalidNameError as exc:
-                    return error(f"field `name`: {exc}", 400)
-                files = await _read(_uploads(form, "files"))
-                force = str(form.get("force") or "").lower() in ("1", "true", "yes")
-        except MultiPartException as exc:
-            return error(f"invalid form: {exc.message}", 400)
+        if (broken := await _incomplete_multipart(request)) is not None:
+            return broken
+        async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
+            raw_name = form.get("name") or ""
+            if not isinstance(raw_name, str):
+                return error("field `name` must be text, not a file", 400)
+            try:
+                name = clean_name(raw_name)
+            except InvalidNameError as exc:
+                return error(f"field `name`: {exc}", 400)
+            files = await _read(_uploads(form, "files"))
+            force = str(form.get("force") or "").lower() in ("1", "true", "yes")
         if not files:
             return error("at least one photo in field `files` is required", 400)
         if (unsupported := _unsupported(files)) is not None:
@@ -344,11 +362,10 @@ def identify(runtime: Runtime, uploads: UploadWorker) -> Handler:
         gallery = runtime.gallery
         assert gallery is not None
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
-        try:
-            async with request.form(max_files=1, max_fields=5, max_part_size=limit) as form:
-                files = await _read(_uploads(form, "file"))
-        except MultiPartException as exc:
-            return error(f"invalid form: {exc.message}", 400)
+        if (broken := await _incomplete_multipart(request)) is not None:
+            return broken
+        async with request.form(max_files=1, max_fields=5, max_part_size=limit) as form:
+            files = await _read(_uploads(form, "file"))
         if len(files) != 1 or files[0][1] is None:
             return error("a photo in field `file` is required", 400)
         if (unsupported := _unsupported(files)) is not None:

@@ -16,9 +16,11 @@ from typing import Any
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +51,7 @@ from facegate.store import StoreError
 STATIC = Path(__file__).resolve().parents[3] / "static"
 MAX_WS_MESSAGE = 64 * 1024
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_LATER = 1013
 AUTH_WAIT_SECONDS = 5.0
 AUDIT_FLUSH_SECONDS = 10.0
 
@@ -167,6 +170,9 @@ def create_app(runtime: Runtime) -> Starlette:
         if role is None or role < ROUTES["/ws"]["WEBSOCKET"].role:
             await close_quietly(websocket, 1008, "authentication required")
             return
+        if len(hub) >= server.ws_max_clients:
+            await close_quietly(websocket, CLOSE_TRY_LATER, "too many clients; try again later")
+            return
         client = hub.add(websocket)
         reg = runtime.registrar
         status = api.system_status(runtime, hub)
@@ -240,7 +246,12 @@ def create_app(runtime: Runtime) -> Starlette:
         ),
         Middleware(BodyLimit, limit=int(server.max_upload_mb * 2**20)),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _json_error},
+    )
     app.state.hub = hub
     app.state.runtime = runtime
     app.state.throttle = throttle
@@ -248,6 +259,14 @@ def create_app(runtime: Runtime) -> Starlette:
     app.state.uploads = uploads
     app.state.write_audit = write_audit
     return app
+
+
+async def _json_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404, 405, malformed multipart) as JSON like every other."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _auth_first_message(ws: WebSocket, tokens: Tokens, throttle: AuthThrottle) -> Role | None:

@@ -5,27 +5,27 @@ The rules:
 - Broadcasting never waits for a client: `Hub.broadcast` only appends the event to each
   client's queue (`Client.offer`).
 - A client's event queue is bounded by a count (`maxsize`, `server.ws_queue`) and by bytes
-  (`max_bytes`, which counts its queued replies too): an event that would exceed either is
-  refused, counted (`Client.dropped`) and the queue marked full (`Client.full_since`). An empty queue always takes one event, however
-  big, so a large event is never refused to a client that keeps up.
-- Replies to one client (`Hub.send`: connected, pong, decision_result, error) go to a small
-  separate queue of their own (`REPLY_QUEUE` replies), which the writer empties first: a ping is
-  answered ahead of the client's event backlog.
-- Loop turns stay short: in one event-loop turn the writers together send about
-  `turn_messages` messages (each writer `turn_messages / clients`, at least one, then it
-  yields), and `Hub.run` appends about as many (`turn_messages / clients` events). However
-  many clients have a backlog, a normal client's ping waits a few short turns, not behind
-  everyone's backlog; with few clients a writer still sends its backlog in one go, which costs
-  far less than one message per turn (a send to a connection whose state is still in the CPU's
-  caches is cheap).
-- A client that does not read is disconnected (`Hub.disconnected_slow`): once its current send
+  (`max_bytes`; `queued_bytes` counts its queued replies too). An event that would exceed
+  either is refused, counted (`Client.dropped`), and the queue marked full (`full_since`). An
+  empty queue always takes one event, however big: a client that keeps up gets every event.
+- Replies to one client (`Hub.send`: connected, pong, decision_result, error) have a small
+  queue of their own (`REPLY_QUEUE`), which the writer empties first: a ping is answered
+  ahead of the client's event backlog.
+- Loop turns stay short. In one event-loop turn each writer sends at most `per_turn()` =
+  `turn_messages / clients` messages (at least one) and then yields; `Hub.run` broadcasts as
+  many events per turn. So one turn of all writers is about `turn_messages` sends however
+  many clients have a backlog, and a normal client's ping waits a few such turns, not behind
+  everyone's backlog. With few clients a writer still sends a long run at once, which costs
+  the server far less CPU per message than going round the clients one message at a time.
+- A client that does not read is disconnected (`Hub.disconnected_slow`) once its current send
   has been blocked for `stall_seconds` (`server.ws_stall_seconds`), or once its queue has been
-  full, with nothing sent since, for `stall_seconds`. `Hub.reap` checks every `reap_every`
-  seconds (`stall_seconds / 10`, within 0.05 .. 0.5 s), so the drop comes at most one period
-  late, whatever the event rate. A send blocks only once the socket's buffers are full: the
-  kernel's (on Linux it grows a socket's send buffer up to `net.ipv4.tcp_wmem`'s maximum) and
-  uvicorn's (64 KiB). The close frame (1008, "client too slow") is sent in the background: it
-  waits behind the client's unread backlog, however long that takes.
+  full, with nothing sent since, for `stall_seconds`, whatever the event rate. `Hub.reap`
+  looks every `reap_every` seconds (`stall_seconds / 10`, within 0.05 .. 0.5 s): the drop comes
+  at most that late. A send blocks only once the socket's buffers are full: uvicorn's (64 KiB)
+  and the kernel's (Linux grows a socket's send buffer up to `net.ipv4.tcp_wmem`'s maximum,
+  a few MB on loopback); until then a client that does not read cannot be told from one that
+  does. The close frame (1008, "client too slow") is sent in the background: it waits behind
+  the client's unread backlog, however long that takes.
 - Time comes from the injected `clock` (time.monotonic by default).
 """
 
@@ -126,6 +126,10 @@ class Client:
 
 
 class Hub:
+    """The connected clients, under the module's rules. `maxsize` and `max_bytes` bound each
+    client's event queue, `stall_seconds` is how long a client may not read, `clock` tells the
+    time for that, `turn_messages` is the sends of all writers in one loop turn."""
+
     def __init__(
         self,
         *,
@@ -228,11 +232,14 @@ class Hub:
         now = self.clock()
         stalled = [c for c in self.clients if c.stalled_for(now) >= self.stall_seconds]
         for client in stalled:
+            blocked = client.sending_since is not None and client.sending_since == min(
+                t for t in (client.sending_since, client.full_since) if t is not None
+            )
             log.warning(
                 "%s: not reading for %.1f s (%s); disconnected",
                 client.name,
                 client.stalled_for(now),
-                "send blocked" if client.sending_since is not None else "queue full",
+                "send blocked" if blocked else "queue full",
             )
             self.disconnected_slow += 1
             await self.remove(client)

@@ -52,7 +52,12 @@ client_decoder = msgspec.json.Decoder(ClientMessage)
 
 def decode_client(raw: str | bytes) -> ClientMessage:
     """Raises msgspec.DecodeError / ValidationError with a message naming the problem."""
-    message: ClientMessage = client_decoder.decode(raw)
+    try:
+        message: ClientMessage = client_decoder.decode(raw)
+    except RecursionError:
+        # msgspec skips an unknown field's value recursively: deep nesting there (a 2 KB
+        # message of brackets) exhausts the stack instead of failing validation.
+        raise msgspec.DecodeError("JSON nested too deeply") from None
     return message
 
 
