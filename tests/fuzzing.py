@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from facegate.face import Detection, Face, ImageArray, StageTimings
 from facegate.server.app import MAX_WS_MESSAGE, create_app
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
 from facegate.sources import ImageFolderSource
+from fakes import NoFaces
 
 EXAMPLES = int(os.environ.get("FACEGATE_FUZZ_EXAMPLES", "100"))
 WsSession = Any  # starlette.testclient.WebSocketTestSession
@@ -59,27 +59,6 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
 
 
 # -- an app without the model pack -------------------------------------------------------------
-class NoFaces:
-    """An analyzer that finds nobody: the engine loop runs, uploads decode, nothing is matched."""
-
-    name = "none"
-    embedding_size = 512
-    timings = StageTimings()
-
-    def detect(self, frame_bgr: ImageArray) -> list[Detection]:
-        return []
-
-    def describe(
-        self, frame_bgr: ImageArray, detection: Detection, *, embed: bool = True, pose: bool = True
-    ) -> Face:
-        raise AssertionError("no face is ever detected")
-
-    def analyze(
-        self, frame_bgr: ImageArray, *, embed: bool = True, pose: bool = True
-    ) -> list[Face]:
-        return []
-
-
 class CrashRecorder:
     """ASGI wrapper: an exception escaping the WebSocket endpoint is recorded and the socket
     closed with 1011, so the client sees it at once instead of waiting on a silent socket.

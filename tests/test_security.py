@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
 from facegate.events import RegistrationApproved, SystemReady
-from facegate.face import Detection, Face, ImageArray, StageTimings
+from facegate.face import ImageArray
 from facegate.server.access import MESSAGES, ROUTES, Role
 from facegate.server.app import create_app
 from facegate.server.http import uvicorn_config
@@ -40,6 +40,7 @@ from facegate.server.runtime import Runtime
 from facegate.settings import Settings, load_settings
 from facegate.sources import ImageFolderSource
 from facegate.store import Store
+from fakes import NoFaces
 
 EVIL = "http://evil.example"
 JSON = {"Content-Type": "application/json"}
@@ -50,27 +51,6 @@ BEARER = {
     Role.VIEWER: {"Authorization": "Bearer view-secret"},
     Role.PUBLIC: {},
 }
-
-
-class NoFaces:
-    """An analyzer that finds nobody (the server is under test, not the models)."""
-
-    name = "none"
-    embedding_size = 512
-    timings = StageTimings()
-
-    def detect(self, frame_bgr: ImageArray) -> list[Detection]:
-        return []
-
-    def describe(
-        self, frame_bgr: ImageArray, detection: Detection, *, embed: bool = True, pose: bool = True
-    ) -> Face:
-        raise AssertionError("no face is ever detected")
-
-    def analyze(
-        self, frame_bgr: ImageArray, *, embed: bool = True, pose: bool = True
-    ) -> list[Face]:
-        return []
 
 
 def configured(**sections: dict[str, Any]) -> Settings:
