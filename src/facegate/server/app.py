@@ -43,7 +43,7 @@ from facegate.server.protocol import (
 )
 from facegate.server.runtime import Runtime
 from facegate.server.security import SCOPE_ROLE, Guard, client_address
-from facegate.server.throttle import AuthThrottle, RateLimiter
+from facegate.server.throttle import AuthThrottle, FailureWindow, RateLimiter
 from facegate.server.uploads import UploadWorker
 from facegate.settings import ServerSettings
 from facegate.store import StoreError
@@ -123,12 +123,12 @@ def create_app(runtime: Runtime) -> Starlette:
     limiter = RateLimiter(server.commands_per_second, server.command_burst)
     uploads = UploadWorker(server.max_pending_uploads)
 
-    def write_audit(*, everything: bool = False) -> None:
+    def store_audit(windows: list[FailureWindow]) -> None:
         """Failed logins as one row per address per minute; the audit log within limits."""
         store = runtime.store
         if store is None:
             return
-        for window in throttle.drain(everything=everything):
+        for window in windows:
             with contextlib.suppress(StoreError):
                 store.record("auth", "auth_failed", **msgspec.to_builtins(window))
         with contextlib.suppress(StoreError):
@@ -137,10 +137,14 @@ def create_app(runtime: Runtime) -> Starlette:
                 max_rows=settings.store.audit_max_rows,
             )
 
+    def write_audit(*, everything: bool = False) -> None:
+        store_audit(throttle.drain(everything=everything))
+
     async def audit_writer() -> None:
         while True:
             await asyncio.sleep(AUDIT_FLUSH_SECONDS)
-            await asyncio.to_thread(write_audit)
+            # The throttle is the loop's; only the writing goes to a thread.
+            await asyncio.to_thread(store_audit, throttle.drain())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -192,7 +196,7 @@ def create_app(runtime: Runtime) -> Starlette:
                 if message["type"] == "websocket.disconnect":
                     break
                 raw = message.get("text") or message.get("bytes") or b""
-                size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+                size = len(raw.encode(errors="surrogatepass")) if isinstance(raw, str) else len(raw)
                 if size > MAX_WS_MESSAGE:
                     await close_quietly(websocket, CLOSE_TOO_BIG, "message over 64 KiB")
                     break
