@@ -360,6 +360,41 @@ def test_live_a_stalled_client_is_dropped_at_a_low_event_rate(live: Callable[...
         assert read_until_close(sock, timeout=5.0) == 1008
 
 
+def server_side_established(port: int, peer_port: int) -> bool:
+    """Whether the server's end of the connection to `peer_port` is still open (/proc/net/tcp:
+    state 01 = ESTABLISHED, 08 = CLOSE_WAIT)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == peer_port:
+            return state in ("01", "08")
+    return False
+
+
+def test_live_a_dropped_client_that_never_reads_is_disconnected(
+    live: Callable[..., Any],
+) -> None:
+    """Its close frame cannot leave (it reads nothing): the connection is aborted after
+    the grace, not held open for ever with its file descriptor and buffers."""
+    stall = 1.0
+    settings = {"ws_stall_seconds": stall, "ws_close_grace_seconds": 1.0}
+    with live(server=settings) as srv, stalled_socket(srv.port) as sock:
+        peer_port = sock.getsockname()[1]
+        deadline = time.monotonic() + 20
+        i = 0
+        while not srv.hub.disconnected_slow:
+            assert time.monotonic() < deadline, "the stalled client was never dropped"
+            for _ in range(20):
+                srv.runtime.bus.publish_threadsafe(stamped(i))
+                i += 1
+            time.sleep(0.05)
+        assert server_side_established(srv.port, peer_port)
+        deadline = time.monotonic() + 6  # the 1 s grace, with room for a busy machine
+        while server_side_established(srv.port, peer_port):
+            assert time.monotonic() < deadline, "the dropped connection is still open"
+            time.sleep(0.1)
+
+
 # -- the CLI -----------------------------------------------------------------------------------
 def cli_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}

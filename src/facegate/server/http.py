@@ -7,6 +7,12 @@ closes a connection whose request headers are not complete `header_timeout_secon
 it opened or after its last response. `limit_concurrency` answers 503 past
 `max_connections`, and `raise_open_file_limit` lifts the soft descriptor limit to the hard
 one at start.
+
+A WebSocket peer that stops reading would also keep its connection for ever once it is let
+go: asyncio's `close()` waits to flush what the peer never reads, and uvicorn waits for room
+in the buffer before it even writes the close frame. `BoundedCloseWebSockets` gives the close
+frame `close_grace` seconds to leave, then aborts the connection (its file descriptor, buffers
+and task are freed).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from facegate.settings import ServerSettings
 
@@ -25,9 +32,56 @@ MAX_HEADER_BYTES = 16 * 1024
 
 
 class FacegateConfig(uvicorn.Config):
-    def __init__(self, app: Any, *, header_timeout: float = 5.0, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any, *, header_timeout: float = 5.0, close_grace: float = 5.0, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout = header_timeout
+        self.close_grace = close_grace
+
+
+class _AbortingClose:
+    """A transport whose `close()` becomes `abort()` when the data it waits to flush has not
+    left within `grace` seconds (the peer is not reading). Everything else is the transport's."""
+
+    def __init__(self, transport: asyncio.Transport, grace: float) -> None:
+        self._transport = transport
+        self._grace = grace
+        self._timer: asyncio.TimerHandle | None = None
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._grace, self._transport.abort)  # no-op if gone
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class BoundedCloseWebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, whose closing cannot be held up by a peer that does not
+    read (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.close_grace: float = getattr(config, "close_grace", 5.0)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_AbortingClose(transport, self.close_grace))  # type: ignore[arg-type]
+
+    async def send(self, message: Any) -> None:
+        if (
+            message["type"] == "websocket.close"
+            and self.handshake_complete
+            and not self.writable.is_set()
+        ):
+            try:  # uvicorn would wait for room in the buffer for ever
+                await asyncio.wait_for(self.writable.wait(), self.close_grace)
+            except TimeoutError:
+                self.transport.abort()  # connection_lost follows: the app sees the disconnect
+                return
+        await super().send(message)
 
 
 class HeaderTimeoutH11(H11Protocol):
@@ -86,6 +140,7 @@ def uvicorn_config(app: Any, server: ServerSettings, **overrides: Any) -> Facega
         "port": server.port,
         "log_level": "warning",
         "http": HeaderTimeoutH11,
+        "ws": BoundedCloseWebSockets,
         "ws_max_size": 64 * 1024,
         # Events are small JSON sent to every client: compressing each one once per client
         # (permessage-deflate) cost 3x the broadcast throughput for little saving.
@@ -97,7 +152,12 @@ def uvicorn_config(app: Any, server: ServerSettings, **overrides: Any) -> Facega
         "timeout_graceful_shutdown": 3,
     }
     options.update(overrides)
-    return FacegateConfig(app, header_timeout=server.header_timeout_seconds, **options)
+    return FacegateConfig(
+        app,
+        header_timeout=server.header_timeout_seconds,
+        close_grace=server.ws_close_grace_seconds,
+        **options,
+    )
 
 
 def raise_open_file_limit(wanted: int = 65536) -> tuple[int, int]:
