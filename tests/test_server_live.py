@@ -480,3 +480,30 @@ def test_cli_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> N
     assert done.returncode == 2, done.stderr
     assert "refusing to listen on 0.0.0.0 without a token" in done.stderr
     assert "FACEGATE_TOKEN" in done.stderr
+
+
+def test_cli_serve_names_a_port_in_use_and_exits_2(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "facegate.cli", "serve", "--port", str(port)]
+        cmd += ["--data", str(tmp_path / "data"), "--source", "7"]
+        done = subprocess.run(
+            cmd, check=False, env=cli_env(tmp_path), capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert "--port" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_cli_refuses_an_image_folder_without_images(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in ("serve", "run"):
+        cmd = [sys.executable, "-m", "facegate.cli", command, "--source", str(empty)]
+        cmd += ["--data", str(tmp_path / "data")]
+        done = subprocess.run(
+            cmd, check=False, env=cli_env(tmp_path), capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert "no images" in done.stderr, (command, done.stderr)

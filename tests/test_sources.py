@@ -277,6 +277,7 @@ def test_open_source_parses_specs(tmp_path: Path) -> None:
     )
     assert mask_url("http://cam/x") == "http://cam/x"
 
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
     folder = open_source(str(tmp_path), folder_fps=4.0)
     assert isinstance(folder, ImageFolderSource)
     assert (folder.live, folder.fps, folder.name) == (False, 4.0, f"folder {tmp_path}/")
@@ -291,6 +292,44 @@ def test_open_source_parses_specs(tmp_path: Path) -> None:
         open_source(str(tmp_path / "nothere.mp4"))
     with pytest.raises(SourceError):
         open_source("  ")
+
+
+def test_an_empty_image_folder_is_refused_when_named(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(SourceError, match="no images"):
+        open_source(str(tmp_path))
+
+
+class DeadCamera:
+    """A live source that never opens, with the same reason every time (a camera unplugged)."""
+
+    name, live, fps = "webcam 9", True, None
+
+    def open(self) -> None:
+        raise SourceError("webcam 9: cannot open")
+
+    def read(self) -> ImageArray | None:
+        raise AssertionError("never opened")
+
+    def close(self) -> None:
+        pass
+
+
+def test_retries_log_once_per_change_not_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    statuses = Statuses()
+    capture = Capture(
+        DeadCamera(), clock=clock, sleep=clock.sleep, on_status=statuses, backoff=(0.5, 1.0)
+    )
+    with caplog.at_level("INFO", logger="facegate.sources"):
+        capture.start()
+        deadline = time.monotonic() + 5
+        while len(statuses.items) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        capture.stop()
+    assert len(statuses.items) >= 20  # every retry is still an event (the panel shows it)
+    lines = [r.getMessage() for r in caplog.records if "webcam 9" in r.getMessage()]
+    assert lines == ["webcam 9: cannot open (retrying with backoff)"]
 
 
 def test_stream_source_opens_through_ffmpeg_with_timeouts(clip: Path) -> None:

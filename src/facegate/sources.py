@@ -63,6 +63,12 @@ def mask_url(url: str) -> str:
     return re.sub(secret, r"\1***", url)
 
 
+def quiet_opencv() -> None:
+    """OpenCV's own warnings (cap_v4l on every camera retry, FFmpeg chatter) off: the capture
+    reports a source's state itself, once per change."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 class _OpenCVSource:
     """What the OpenCV-backed sources share; a live one raises when it gets no frame."""
 
@@ -80,6 +86,7 @@ class _OpenCVSource:
 
     def open(self) -> None:
         self.close()
+        quiet_opencv()
         try:
             cap = self._create()
         except cv2.error:
@@ -236,7 +243,10 @@ def open_source(spec: str, *, folder_fps: float = 10.0) -> FrameSource:
         return StreamSource(text)
     path = Path(text).expanduser()
     if path.is_dir():
-        return ImageFolderSource(path, folder_fps)
+        folder = ImageFolderSource(path, folder_fps)
+        folder.open()  # an empty or unreadable folder is refused now, not after start-up
+        folder.close()
+        return folder
     if path.is_file():
         return VideoFileSource(path)
     why = "not a file or directory" if path.exists() else "no such file or directory"
@@ -286,6 +296,7 @@ class Capture:
         self.dropped = 0  # frames overwritten before the consumer took them
         self._ended = self._finished = False
         self._thread: threading.Thread | None = None
+        self._logged: tuple[str, str] | None = None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -433,8 +444,13 @@ class Capture:
         return self._stop.is_set()
 
     def _emit(self, state: _State, message: str, retry_in: float | None = None) -> None:
-        level = logging.WARNING if state == "unavailable" else logging.INFO
-        log.log(level, "%s%s", message, f" (retry in {retry_in:g} s)" if retry_in else "")
+        # One log line per change of state or reason, not one per retry (the events still
+        # carry every retry's delay for the panel).
+        if (state, message) != self._logged:
+            self._logged = (state, message)
+            level = logging.WARNING if state == "unavailable" else logging.INFO
+            retrying = " (retrying with backoff)" if retry_in else ""
+            log.log(level, "%s%s", message, retrying)
         if self._on_status is None:
             return
         status = SourceStatus(

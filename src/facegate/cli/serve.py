@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from facegate.face import FaceAnalyzer
 
 def cmd_serve(ctx: Context) -> int:
     from facegate.server.app import GracefulServer, create_app, is_loopback
-    from facegate.server.http import raise_open_file_limit, uvicorn_config
+    from facegate.server.http import listen, raise_open_file_limit, uvicorn_config
     from facegate.server.runtime import Runtime
     from facegate.sources import SourceError, open_source
 
@@ -36,6 +37,15 @@ def cmd_serve(ctx: Context) -> int:
         source = open_source(args.source)
     except SourceError as exc:
         return ctx.out.fail(str(exc))
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return ctx.out.fail(
+                f"port {port} on {host} is already in use (another facegate serve?): stop that"
+                " one, or choose another port with --port N (or server.port in settings.toml)"
+            )
+        return ctx.out.fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     ctx.settings = settings
     # Load the models now (a missing pack fails here, with the fixing command); the engine
     # takes this analyzer, the upload handlers get their own when first needed.
@@ -51,7 +61,7 @@ def cmd_serve(ctx: Context) -> int:
     config = uvicorn_config(app, settings.server)
     # uvicorn re-raises SIGTERM after its clean shutdown; end with status 0 instead of -15.
     signal.signal(signal.SIGTERM, _exit_ok)
-    GracefulServer(config, runtime).run()
+    GracefulServer(config, runtime).run(sockets=[sock])
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 from typing import Any
 
 import h11
@@ -171,3 +172,11 @@ def raise_open_file_limit(wanted: int = 65536) -> tuple[int, int]:
         except (ValueError, OSError):
             pass
     return soft, hard
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (OSError when it cannot be:
+    the caller names the port instead of uvicorn printing a traceback after start-up)."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = info[0]
+    return socket.create_server(address, family=family)
