@@ -120,6 +120,10 @@ function reasonWords(reason, d) {
 
 // ---------------------------------------------------------------- registration dialog
 function openDialog(d) {
+  if (role() === "viewer") { // only an operator may answer; a viewer sees it in the feed
+    feed("An unknown person is waiting for an operator's decision", "decision");
+    return;
+  }
   $("register-msg").textContent = d.message || "An unknown person is in front of the camera.";
   if (typeof d.distance === "number") $("register-msg").textContent += ` (closest match distance ${d.distance.toFixed(2)})`;
   if (dlg.open) return;
@@ -173,6 +177,7 @@ function applyStatus(s) {
 const handlers = {
   connected(d) {
     feed(d.message || "Connected", "system", d.timestamp);
+    setRole(d.role || "admin");
     if (d.status) applyStatus(d.status);
     else api("/system_status").then(applyStatus, () => {});
   },
@@ -263,6 +268,15 @@ const handlers = {
   pong() {},
   error: (d) => feed(`Server error: ${d.message || "unknown"}`, "error", d.timestamp),
 };
+
+// ---------------------------------------------------------------- role
+/** The role the server gave this page's token: the panel shows only what it may do. */
+const role = () => document.body.dataset.role || "admin";
+function setRole(r) {
+  const changed = role() !== r;
+  document.body.dataset.role = r;
+  if (changed) refreshGallery();
+}
 
 // ---------------------------------------------------------------- connection
 function setOnline(online) {

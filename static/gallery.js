@@ -26,6 +26,11 @@ export function initGallery(onNotice) {
 /** Re-fetch and re-render; skipped while a name is being edited (it would lose the edit). */
 export function refreshGallery() {
   if (list.querySelector(".person.editing")) return Promise.resolve();
+  const role = document.body.dataset.role;
+  if (role && role !== "admin") {
+    list.replaceChildren(item("li", "empty", "Only an admin can see and change the gallery (open the panel with an admin token)."));
+    return Promise.resolve();
+  }
   if (loading) return loading;
   loading = (async () => {
     try {

@@ -19,13 +19,13 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-import uvicorn
 
 from facegate.analyzers import open_analyzer
 from facegate.events import Event, UnknownPersonDetected
 from facegate.face import ImageArray
 from facegate.registration import INSTRUCTIONS, Phase
 from facegate.server.app import GracefulServer, create_app
+from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import POSE_ORDER, Settings, load_settings
 
@@ -120,14 +120,8 @@ class LiveServer:
         source.runtime = self.runtime
         self.unknown_at: list[float] = []
         self.runtime.on_event.append(self._hook)
-        config = uvicorn.Config(
-            create_app(self.runtime),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            ws_max_size=65536,
-            timeout_graceful_shutdown=3,  # as `facegate serve`
-        )
+        # As `facegate serve` configures uvicorn.
+        config = uvicorn_config(create_app(self.runtime), settings.server, port=port)
         # As `facegate serve`: open video streams end when shutdown begins.
         self.server = GracefulServer(config, self.runtime)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn:{port}", daemon=True)
@@ -330,3 +324,29 @@ def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
         if not stopped:
             with contextlib.suppress(AssertionError):
                 live.stop()
+
+
+def test_a_viewer_sees_the_gate_but_is_not_asked_to_decide(
+    browser: Any, settings: Settings, pointing: Path, tmp_path: Path
+) -> None:
+    tokens = {"token": "admin-secret", "viewer_token": "view-secret"}
+    settings = msgspec.structs.replace(
+        settings, server=msgspec.structs.replace(settings.server, **tokens)
+    )
+    port = free_port()
+    source = ScriptedPerson(Person(pointing, "p04_person01"))
+    live = LiveServer(settings, tmp_path / "data", source, port).start()
+    try:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        page.goto(f"http://127.0.0.1:{port}/?token=view-secret")
+        page.wait_for_selector("#connection[data-state='online']", timeout=15_000)
+        until(page, "document.body.dataset.role === 'viewer'")
+        until(page, VIDEO_PLAYING, timeout=10_000)  # a viewer sees the video
+        assert page.is_hidden("#reset")
+        until(page, "document.querySelector('#gallery').textContent.includes('Only an admin')")
+        source.present.set()
+        until(page, "document.querySelector('#feed').textContent.includes('operator')", 20_000)
+        assert live.unknown_at, "the stranger was offered"
+        assert not page.is_visible("#register-dialog")
+    finally:
+        live.stop()

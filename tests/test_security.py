@@ -284,7 +284,8 @@ def test_each_role_reaches_exactly_what_the_table_grants(build: Build) -> None:
 def test_websocket_messages_need_their_role(build: Build) -> None:
     with build(server=TOKENS) as (client, _):
         with client.websocket_connect("/ws?token=view-secret") as ws:
-            assert ws.receive_json()["type"] == "connected"
+            hello = ws.receive_json()
+            assert hello["type"] == "connected" and hello["data"]["role"] == "viewer"
             ws.send_json({"type": "registration_decision", "data": {"register": True}})
             reply = ws.receive_json()
             assert reply["type"] == "error" and "operator role" in reply["data"]["message"]
@@ -294,7 +295,7 @@ def test_websocket_messages_need_their_role(build: Build) -> None:
             assert ws.receive_json()["type"] == "pong"
         with client.websocket_connect("/ws") as ws:
             ws.send_json({"type": "auth", "data": {"token": "op-secret"}})
-            assert ws.receive_json()["type"] == "connected"
+            assert ws.receive_json()["data"]["role"] == "operator"
             ws.send_json({"type": "registration_decision", "data": {"register": True}})
             reply = ws.receive_json()
             assert reply["type"] == "decision_result"  # reached the registrar

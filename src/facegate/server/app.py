@@ -187,6 +187,7 @@ def create_app(runtime: Runtime) -> Starlette:
                 current_event=reg.last_event if reg else "",
                 system_ready=runtime.engine is not None,
                 status=status,
+                role=role.label,
             ),
         )
         address = client_address(websocket.scope)

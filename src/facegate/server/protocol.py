@@ -67,6 +67,8 @@ class Connected(Event, frozen=True, kw_only=True, tag="connected"):
     current_event: str
     system_ready: bool
     status: dict[str, Any]
+    # The client's role (viewer, operator or admin): what it may send and ask for.
+    role: str = "admin"
 
 
 class Pong(Event, frozen=True, kw_only=True, tag="pong"):
