@@ -24,19 +24,25 @@ export function initGallery(onNotice) {
 }
 
 /** Re-fetch and re-render; skipped while a name is being edited (it would lose the edit). */
+/** Whether this page's role may see the gallery; if not, say so in its place. */
+function galleryAllowed() {
+  const role = document.body.dataset.role;
+  if (!role || role === "admin") return true;
+  list.replaceChildren(item("li", "empty", "Only an admin can see and change the gallery (open the panel with an admin token)."));
+  return false;
+}
+
 export function refreshGallery() {
   if (list.querySelector(".person.editing")) return Promise.resolve();
-  const role = document.body.dataset.role;
-  if (role && role !== "admin") {
-    list.replaceChildren(item("li", "empty", "Only an admin can see and change the gallery (open the panel with an admin token)."));
-    return Promise.resolve();
-  }
+  if (!galleryAllowed()) return Promise.resolve();
   if (loading) return loading;
   loading = (async () => {
     try {
       const persons = await api("/api/persons");
+      if (!galleryAllowed()) return; // the role arrived while the list was loading
       if (!list.querySelector(".person.editing")) await render(persons || []);
     } catch (e) {
+      if (!galleryAllowed()) return;
       list.replaceChildren(item("li", "empty", `Gallery unavailable: ${e.message}`));
     } finally { loading = null; }
   })();
