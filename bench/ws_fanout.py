@@ -62,6 +62,7 @@ import websockets
 from facegate.events import SystemReady, to_wire
 from facegate.face import Detection, Face, ImageArray, StageTimings
 from facegate.server.app import create_app
+from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
 from facegate.sources import ImageFolderSource
@@ -129,13 +130,13 @@ class Server:
         )
         self.app = create_app(self.runtime)
         self.port = free_port()
-        config = uvicorn.Config(
+        # As `facegate serve` configures uvicorn (timeouts, limits, WebSocket protocol).
+        config = uvicorn_config(
             self.app,
+            settings.server,
             host="127.0.0.1",
             port=self.port,
             log_level="error",
-            ws_max_size=65536,
-            ws_per_message_deflate=False,  # as `facegate serve`
             backlog=4096,
         )
         self.server = uvicorn.Server(config)

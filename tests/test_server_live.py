@@ -377,7 +377,8 @@ def test_live_a_dropped_client_that_never_reads_is_disconnected(
     """Its close frame cannot leave (it reads nothing): the connection is aborted after
     the grace, not held open for ever with its file descriptor and buffers."""
     stall = 1.0
-    settings = {"ws_stall_seconds": stall, "ws_close_grace_seconds": 1.0}
+    # The grace counts from when its buffers filled: longer than the stall, as by default.
+    settings = {"ws_stall_seconds": stall, "ws_close_grace_seconds": 2.0}
     with live(server=settings) as srv, stalled_socket(srv.port) as sock:
         peer_port = sock.getsockname()[1]
         deadline = time.monotonic() + 20
@@ -389,7 +390,7 @@ def test_live_a_dropped_client_that_never_reads_is_disconnected(
                 i += 1
             time.sleep(0.05)
         assert server_side_established(srv.port, peer_port)
-        deadline = time.monotonic() + 6  # the 1 s grace, with room for a busy machine
+        deadline = time.monotonic() + 6  # the 2 s grace, with room for a busy machine
         while server_side_established(srv.port, peer_port):
             assert time.monotonic() < deadline, "the dropped connection is still open"
             time.sleep(0.1)

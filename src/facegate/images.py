@@ -217,16 +217,22 @@ def _check_pixels(width: int, height: int, name: str) -> None:
         )
 
 
+def accepted_format(data: bytes, name: str = "image") -> str:
+    """The accepted format the magic bytes name, else UnsupportedImageError (step 1)."""
+    fmt = image_format(data)
+    if fmt not in _HEADER_SIZE:
+        what = f"{fmt} images are not accepted" if fmt else _UNRECOGNISED
+        raise UnsupportedImageError(f"{name}: {what}; {_SEND}")
+    return fmt
+
+
 def decode_image(data: bytes, name: str = "image") -> ImageArray:
     """Decode JPEG/PNG/WebP/BMP bytes to a BGR array; refuses other formats (with an
     UnsupportedImageError), empty, corrupt and huge images (with an ImageError)."""
     if not data:
         raise ImageError(f"{name}: empty file")
-    fmt = image_format(data)
-    parse = _HEADER_SIZE.get(fmt or "")
-    if fmt is None or parse is None:
-        what = f"{fmt} images are not accepted" if fmt else _UNRECOGNISED
-        raise UnsupportedImageError(f"{name}: {what}; {_SEND}")
+    fmt = accepted_format(data, name)
+    parse = _HEADER_SIZE[fmt]
     if fmt == "JPEG" and data.rfind(b"\xff\xd9") < 2:
         # OpenCV decodes a truncated JPEG into a half-grey picture without failing.
         raise ImageError(f"{name}: truncated JPEG (no end-of-image marker)")

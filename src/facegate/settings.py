@@ -183,8 +183,8 @@ class ServerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ws_queue: Annotated[int, Meta(ge=8, le=100_000)] = 512
     ws_queue_bytes: Annotated[int, Meta(ge=65_536, le=1_073_741_824)] = 1_048_576
     ws_stall_seconds: Annotated[float, Meta(gt=0.0, le=600.0)] = 5.0
-    # A dropped client's close frame waits this long for it to read; then the connection is
-    # aborted (a peer that never reads would otherwise hold it open for ever).
+    # A client whose buffers stay full this long is cut off outright (the hub drops it after
+    # ws_stall_seconds with a close frame, which a peer that never reads would never take).
     ws_close_grace_seconds: Annotated[float, Meta(gt=0.0, le=600.0)] = 10.0
     # WebSocket clients at once; one more is closed with 1013 (try again later).
     ws_max_clients: Annotated[int, Meta(ge=1, le=100_000)] = 1000

@@ -31,8 +31,8 @@ from facegate.images import (
     ACCEPTED_FORMATS,
     ImageError,
     UnsupportedImageError,
+    accepted_format,
     decode_image,
-    image_format,
 )
 from facegate.names import InvalidNameError, clean_name
 from facegate.quality import QualityValidator
@@ -228,15 +228,13 @@ async def _read(items: list[tuple[str, UploadFile | str]]) -> list[tuple[str, by
 def _unsupported(files: list[tuple[str, bytes | None]]) -> JSONResponse | None:
     """415 when any file is of a format that is not accepted (nothing is analysed then)."""
     for label, data in files:
-        if data and image_format(data) not in ACCEPTED_FORMATS:
+        if data:
             try:
-                decode_image(data, label)  # refuses at the magic bytes, before decoding
+                accepted_format(data, label)
             except UnsupportedImageError as exc:
                 return JSONResponse(
                     {"error": str(exc), "accepted": list(ACCEPTED_FORMATS)}, status_code=415
                 )
-            except ImageError:
-                continue
     return None
 
 

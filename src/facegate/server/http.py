@@ -8,11 +8,12 @@ it opened or after its last response. `limit_concurrency` answers 503 past
 `max_connections`, and `raise_open_file_limit` lifts the soft descriptor limit to the hard
 one at start.
 
-A WebSocket peer that stops reading would also keep its connection for ever once it is let
-go: asyncio's `close()` waits to flush what the peer never reads, and uvicorn waits for room
-in the buffer before it even writes the close frame. `BoundedCloseWebSockets` gives the close
-frame `close_grace` seconds to leave, then aborts the connection (its file descriptor, buffers
-and task are freed).
+A WebSocket peer that stops reading would also keep its connection for ever once the hub lets
+it go: uvicorn waits for room in the buffer before it even writes the close frame, and
+asyncio's `close()` waits to flush what the peer never reads. `BoundedCloseWebSockets` aborts a
+connection whose buffers have stayed full for `close_grace` seconds (its file descriptor,
+buffers and task are freed); the check rides on the transport's flow control (pause/resume),
+so the per-message send path is uvicorn's own.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class _AbortingClose:
         self._transport = transport
         self._grace = grace
         self._timer: asyncio.TimerHandle | None = None
+        # Bound once: every frame sent goes through these (no __getattr__ per call).
+        self.write = transport.write
+        self.is_closing = transport.is_closing
 
     def close(self) -> None:
         self._transport.close()
@@ -68,21 +72,30 @@ class BoundedCloseWebSockets(WebSocketsSansIOProtocol):
         super().__init__(config, *args, **kwargs)
         self.close_grace: float = getattr(config, "close_grace", 5.0)
 
+        self._full_timer: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_AbortingClose(transport, self.close_grace))  # type: ignore[arg-type]
 
-    async def send(self, message: Any) -> None:
-        if (
-            message["type"] == "websocket.close"
-            and self.handshake_complete
-            and not self.writable.is_set()
-        ):
-            try:  # uvicorn would wait for room in the buffer for ever
-                await asyncio.wait_for(self.writable.wait(), self.close_grace)
-            except TimeoutError:
-                self.transport.abort()  # connection_lost follows: the app sees the disconnect
-                return
-        await super().send(message)
+    def pause_writing(self) -> None:
+        """The buffers are full: unless the peer reads within the grace, abort (connection_lost
+        follows, and the app sees the disconnect)."""
+        super().pause_writing()
+        if self._full_timer is None:
+            self._full_timer = self.loop.call_later(self.close_grace, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_full_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_full_timer()
+        super().connection_lost(exc)
+
+    def _cancel_full_timer(self) -> None:
+        if self._full_timer is not None:
+            self._full_timer.cancel()
+            self._full_timer = None
 
 
 class HeaderTimeoutH11(H11Protocol):
