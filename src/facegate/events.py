@@ -4,7 +4,17 @@ On the wire every event is `{"type": <name>, "data": {...}}`, the envelope of th
 design, whose type names and fields stay valid (`person_recognized`, `unknown_person_detected`,
 `person_left_area`, `system_ready`, `registration_*`). Every event's data also carries:
 `seq` (monotonic per process), `timestamp` (ISO 8601, UTC), and, where a face is concerned,
-`track_id`, `bbox` and `frame_time` (seconds on the engine's clock when the frame was captured).
+`track_id`, `bbox` and `frame_time` (stream time: a video file's position, or the capture clock
+of a live source, in seconds; the same clock in every event and in `tracks`).
+
+One vocabulary: `similarity` is the cosine similarity of two faces' embeddings (-1..1; the
+same person scores high), and wherever a decision was made the `threshold` it was compared
+with stands beside it. The original design's `confidence` of `person_recognized` is kept as
+another name for that similarity (and `distance` as 1 - similarity).
+
+`tracks` (the faces of one processed frame, sent to WebSocket clients a few times a second and
+printed by `facegate run --json --tracks`) is not an event: it has no `seq`, is never kept in
+the history and may be dropped; see `Tracks`.
 
 `seq` and `timestamp` are stamped by the bus when the event is published (`stamp`).
 The JSON Schema of the wire format is generated from these Structs (`json_schema`).
@@ -42,15 +52,24 @@ class PersonRecognized(FaceEvent, frozen=True, kw_only=True, tag="person_recogni
     person_id: str
     name: str
     message: str
-    confidence: float  # cosine similarity of the settled identity
-    distance: float  # 1 - confidence
+    similarity: float  # of this face to the person (the best of the votes that settled it)
+    threshold: float  # recognition.threshold, which it reached
+    confidence: float  # the original design's name for `similarity` (the same value)
+    distance: float  # 1 - similarity
+    # How the identity was settled: "vote" (identified in the live video), "registration"
+    # (this face was just registered as the person).
+    via: str = "vote"
 
 
 class UnknownPersonDetected(FaceEvent, frozen=True, kw_only=True, tag="unknown_person_detected"):
     message: str = "Unknown person detected. Would you like to register?"
-    confidence: float  # how sure the engine is this is nobody known: 1 - best similarity
     person_id: None = None
-    distance: float  # 1 - best similarity to any known person (1.0 with an empty gallery)
+    # Best similarity of this face to anyone known (below `threshold`, or ambiguous between
+    # two people); None when no one is enrolled yet.
+    similarity: float | None = None
+    threshold: float
+    enrolled: int  # persons in the gallery when the face was judged
+    distance: float | None = None  # 1 - similarity; None when no one is enrolled
     action_required: bool = True
     show_registration_dialog: bool = True
 
@@ -71,6 +90,18 @@ class SourceStatus(Event, frozen=True, kw_only=True, tag="source_status"):
 
 
 # -- registration (driven by the registration state machine) ---------------------------------
+class RegistrationWaiting(Event, frozen=True, kw_only=True, tag="registration_waiting"):
+    """The operator is asked whether to register this face: a countdown for the answer.
+    Sent when the question opens and again when the deadline is extended (the operator
+    started typing a name: once per question)."""
+
+    message: str
+    track_id: int | None = None
+    seconds_left: float  # from this event's timestamp
+    timeout_seconds: float  # the full time given for an answer
+    extended: bool = False
+
+
 class RegistrationApproved(Event, frozen=True, kw_only=True, tag="registration_approved"):
     message: str
     track_id: int | None = None
@@ -92,6 +123,7 @@ class RegistrationAngleInstruction(
     total_angles: int
     progress: float  # percent of the whole capture done
     message: str
+    timeout_seconds: float = 0.0  # time given to reach this pose, from this event
 
 
 class RegistrationPoseFeedback(
@@ -105,6 +137,10 @@ class RegistrationPoseFeedback(
     held: bool
     captured: int
     needed: int
+    seconds_left: float | None = None  # until this pose times out
+    # What to do to reach the target, in the person's own terms ("turn a little to your
+    # right"), when the face is outside it; None when inside or no face.
+    hint: str | None = None
 
 
 class RegistrationAngleComplete(
@@ -122,6 +158,7 @@ class RegistrationComplete(Event, frozen=True, kw_only=True, tag="registration_c
     name: str
     success: bool = True
     message: str
+    track_id: int | None = None  # the face that was registered (greeted next)
 
 
 class RegistrationFailed(Event, frozen=True, kw_only=True, tag="registration_failed"):
@@ -129,11 +166,15 @@ class RegistrationFailed(Event, frozen=True, kw_only=True, tag="registration_fai
     reason: str
     person_id: str | None = None  # the existing person, for reason `already_registered`
     name: str | None = None
+    track_id: int | None = None
+    next_step: str = ""  # what the operator or the person can do now
 
 
 class RegistrationCancelled(Event, frozen=True, kw_only=True, tag="registration_cancelled"):
     message: str
     reason: str
+    track_id: int | None = None
+    next_step: str = ""
 
 
 AnyEvent = (
@@ -142,6 +183,7 @@ AnyEvent = (
     | UnknownPersonDetected
     | PersonLeftArea
     | SourceStatus
+    | RegistrationWaiting
     | RegistrationApproved
     | RegistrationStart
     | RegistrationAngleInstruction
@@ -154,6 +196,7 @@ AnyEvent = (
 
 # Registration events are never dropped by the bus (see bus.NEVER_DROPPED).
 REGISTRATION: tuple[type[Event], ...] = (
+    RegistrationWaiting,
     RegistrationApproved,
     RegistrationStart,
     RegistrationAngleInstruction,
@@ -163,6 +206,39 @@ REGISTRATION: tuple[type[Event], ...] = (
     RegistrationFailed,
     RegistrationCancelled,
 )
+
+
+
+# -- the faces of a frame (not an event) --------------------------------------------------------
+TrackState = Literal["pending", "known", "unknown", "registering"]
+
+
+class TrackView(msgspec.Struct, frozen=True, kw_only=True):
+    """One face matched to a detection in this very frame (tracks not seen in the frame are
+    never listed: no box outlives its face)."""
+
+    track_id: int
+    bbox: BBoxList  # x1, y1, x2, y2 in the frame's pixels
+    # pending: not identified yet; known: identified as `person_id` (its latest check of the
+    # face agreed); unknown: settled as nobody known; registering: being registered now.
+    state: TrackState
+    person_id: str | None = None
+    name: str | None = None
+    # The face's similarity to `person_id` when known, else its best similarity to anyone
+    # known (None before its first identification or with an empty gallery).
+    similarity: float | None = None
+
+
+class Tracks(Event, frozen=True, kw_only=True, tag="tracks"):
+    """The faces of one processed frame. `seq` stays 0: it is not an event of the history."""
+
+    frame: int  # the source's frame number
+    frame_time: float  # stream time, as in events
+    width: int  # the frame's size, for drawing the boxes over the video
+    height: int
+    threshold: float  # recognition.threshold
+    tracks: list[TrackView]
+
 
 _encoder = msgspec.json.Encoder()
 
@@ -193,7 +269,7 @@ def to_wire(event: Event) -> bytes:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the wire format, generated from the Structs above."""
-    members = AnyEvent.__args__
+    members = (*AnyEvent.__args__, Tracks)
     schemas, components = msgspec.json.schema_components(members, ref_template="#/$defs/{name}")
     variants = []
     for kind, ref in zip(members, schemas, strict=True):

@@ -2,7 +2,8 @@
 message the role it needs.
 
 - `viewer`: the panel, video, snapshot, events, stats, metrics, schema, the WebSocket feed.
-- `operator`: a viewer who may also answer registration prompts and reset the gate.
+- `operator`: a viewer who may also answer registration prompts, offer a face in view for
+  registration, see and dismiss the recent unknown faces, and reset the gate.
 - `admin`: an operator who may also list, enrol, rename and erase persons and identify photos.
 
 Tokens choose the role (`server.token` / FACEGATE_TOKEN is the admin's, `server.operator_token`
@@ -60,6 +61,12 @@ ROUTES: dict[str, dict[str, Access]] = {
     "/get_user_response": {"GET": Access(VIEWER)},
     "/reset_system": {"POST": Access(OPERATOR, Body.JSON, limited=True)},
     "/registration_decision": {"POST": Access(OPERATOR, Body.JSON, limited=True)},
+    # Offer a face in view for registration again (after "Not now" or a failed capture).
+    "/api/registration": {"POST": Access(OPERATOR, Body.JSON, limited=True)},
+    # Faces of strangers seen recently (kept in memory only): the operator's to register.
+    "/api/unknowns": {"GET": Access(OPERATOR)},
+    "/api/unknowns/{track_id}": {"DELETE": Access(OPERATOR, limited=True)},
+    "/api/unknowns/{track_id}/thumbnail": {"GET": Access(OPERATOR)},
     "/api/persons": {"GET": Access(ADMIN), "POST": Access(ADMIN, Body.FORM)},
     "/api/persons/{person_id}": {
         "GET": Access(ADMIN),
@@ -67,6 +74,7 @@ ROUTES: dict[str, dict[str, Access]] = {
         "DELETE": Access(ADMIN),
     },
     "/api/persons/{person_id}/thumbnail": {"GET": Access(ADMIN)},
+    "/api/persons/{person_id}/photos": {"POST": Access(ADMIN, Body.FORM)},
     "/api/identify": {"POST": Access(ADMIN, Body.FORM)},
     "/api/events": {"GET": Access(VIEWER)},
     "/api/stats": {"GET": Access(VIEWER)},
@@ -85,6 +93,7 @@ MESSAGES: dict[str, Access] = {
     "ping": Access(VIEWER),
     "reset_system": Access(OPERATOR, limited=True),
     "registration_decision": Access(OPERATOR, limited=True),
+    "registration_typing": Access(OPERATOR, limited=True),
 }
 
 

@@ -34,6 +34,15 @@ class RegistrationDecision(
     data: DecisionData
 
 
+class RegistrationTyping(
+    msgspec.Struct, frozen=True, tag="registration_typing", tag_field="type"
+):
+    """The operator is typing a name into the registration prompt: its deadline is extended
+    (once per prompt), so the question does not vanish under their fingers."""
+
+    data: Empty = msgspec.field(default_factory=Empty)
+
+
 class ResetSystem(msgspec.Struct, frozen=True, tag="reset_system", tag_field="type"):
     data: Empty = msgspec.field(default_factory=Empty)
 
@@ -46,7 +55,7 @@ class Auth(msgspec.Struct, frozen=True, tag="auth", tag_field="type"):
     data: AuthData
 
 
-ClientMessage = RegistrationDecision | ResetSystem | Ping | Auth
+ClientMessage = RegistrationDecision | RegistrationTyping | ResetSystem | Ping | Auth
 client_decoder = msgspec.json.Decoder(ClientMessage)
 
 
