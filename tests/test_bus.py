@@ -28,12 +28,21 @@ NOW = 1_700_000_000.25
 
 def recognized(i: int) -> PersonRecognized:
     return PersonRecognized(
-        track_id=i, person_id="p1", name="Ada", message="hi", confidence=0.9, distance=0.1
+        track_id=i,
+        person_id="p1",
+        name="Ada",
+        message="hi",
+        similarity=0.9,
+        threshold=0.45,
+        confidence=0.9,
+        distance=0.1,
     )
 
 
 def unknown(i: int) -> UnknownPersonDetected:
-    return UnknownPersonDetected(track_id=i, confidence=0.8, distance=0.8)
+    return UnknownPersonDetected(
+        track_id=i, similarity=0.2, threshold=0.45, enrolled=1, distance=0.8
+    )
 
 
 def start() -> RegistrationStart:
@@ -277,3 +286,24 @@ def test_publish_threadsafe_without_a_live_loop_drops_and_counts() -> None:
     bus.publish_threadsafe(recognized(3))
     bus.publish_threadsafe(recognized(4))
     assert bus.dropped_before_dispatch == 5
+
+
+def test_on_publish_sees_every_published_event_once() -> None:
+    """The monitor's counters hang on this hook: they count exactly what the bus published."""
+    seen: list[int] = []
+
+    async def main() -> Subscription:
+        bus = EventBus(capacity=64, on_publish=lambda e: seen.append(e.seq))
+        bus.attach(asyncio.get_running_loop())
+        sub = bus.subscribe("slow", maxsize=2)  # drops on its own queue do not matter here
+        for i in range(10):
+            bus.publish(recognized(i))
+        for i in range(5):
+            bus.publish_threadsafe(recognized(i))
+        await asyncio.sleep(0.01)
+        assert bus.stats()["published"] == 15
+        return sub
+
+    sub = asyncio.run(main())
+    assert seen == list(range(1, 16))
+    assert sub.dropped > 0

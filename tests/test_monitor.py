@@ -72,10 +72,11 @@ def test_events_and_frame_to_event_latency() -> None:
     clock = FakeClock(50.0)
     mon = Monitor(clock)
     assert mon.snapshot().frame_to_event == StageLatency(0.0, 0.0, 0)
-    mon.event("person_recognized", 49.95)
-    mon.event("unknown_person_detected", 49.99)
-    mon.event("unknown_person_detected", None)
-    mon.event("system_ready", None)
+    mon.frame_to_event("person_recognized", 49.95)
+    mon.frame_to_event("unknown_person_detected", 49.99)
+    for kind in ("person_recognized", "unknown_person_detected", "unknown_person_detected"):
+        mon.published(kind)
+    mon.published("system_ready")
     snap = mon.snapshot()
     assert (snap.events, snap.recognitions, snap.unknowns) == (4, 1, 2)
     assert snap.frame_to_event.count == 2
@@ -98,7 +99,7 @@ def test_counters_and_source_state() -> None:
 def test_snapshot_is_frozen_and_encodable() -> None:
     mon = Monitor(FakeClock())
     mon.stage("detect", 12.5)
-    mon.event("person_recognized", 99.9)
+    mon.published("person_recognized")
     snap = mon.snapshot()
     with pytest.raises(AttributeError):
         snap.uptime_s = 1.0  # type: ignore[misc]
@@ -124,7 +125,8 @@ def test_prometheus_text_parses() -> None:
         mon.frame_processed()
         mon.stage("detect", 10.0 + k)
         mon.stage('odd"stage\\', 1.0)
-        mon.event("person_recognized", clock.t - 0.02)
+        mon.frame_to_event("person_recognized", clock.t - 0.02)
+        mon.published("person_recognized")
     mon.frames_dropped(3)
     mon.source_state("connected")
     text = mon.prometheus()

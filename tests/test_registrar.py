@@ -14,6 +14,7 @@ import pytest
 from facegate.engine import Engine
 from facegate.events import (
     Event,
+    PersonLeftArea,
     PersonRecognized,
     RegistrationAngleComplete,
     RegistrationAngleInstruction,
@@ -228,3 +229,68 @@ def test_decline_stores_nothing(
     assert [c.reason for c in cancelled] == ["declined"]  # type: ignore[attr-defined]
     assert gallery.store.embedding_count() == 0
     assert len(rig.of(UnknownPersonDetected)) == 1  # not offered again during the cooldown
+
+
+def test_the_registered_face_is_greeted_at_once_and_named_when_it_leaves(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, pointing: Path
+) -> None:
+    """registration_complete -> person_recognized (same track, via registration) in the next
+    processed frame; the tracks view names the face; its departure names the person."""
+    person = Person(pointing, "p04_person03")
+    rig = Rig(analyzer, gallery, settings())
+    register(rig, person, name="Mei")
+    done = rig.of(RegistrationComplete)
+    assert len(done) == 1
+    pid, track = done[0].person_id, done[0].track_id  # type: ignore[attr-defined]
+    assert track is not None
+    completed_at = rig.events.index(done[0])
+    frames_before = rig.frame_no
+    rig.show(person.looking("front"))  # one processed frame
+    greeted = [e for e in rig.events[completed_at:] if isinstance(e, PersonRecognized)]
+    assert len(greeted) == 1, [type(e).__name__ for e in rig.events[completed_at:]]
+    hello = greeted[0]
+    assert (hello.person_id, hello.name, hello.track_id, hello.via) == (
+        pid,
+        "Mei",
+        track,
+        "registration",
+    )  # type: ignore[attr-defined]
+    assert hello.similarity >= hello.threshold  # type: ignore[attr-defined]
+    assert rig.frame_no == frames_before + 1
+    view = rig.engine.latest_view
+    assert view is not None
+    assert [(t.track_id, t.state, t.name) for t in view.tracks] == [(track, "known", "Mei")]
+    for _ in range(5):
+        rig.show(person.looking("front"))
+    assert len(rig.of(PersonRecognized)) == 1  # greeted once
+    empty = np.full((480, 640, 3), 60, np.uint8)
+    for _ in range(40):  # 4 s away: left (left_after_seconds = 3)
+        rig.show(empty)
+    left = rig.of(PersonLeftArea)
+    assert [(e.person_id, e.name) for e in left] == [(pid, "Mei")]  # type: ignore[attr-defined]
+    assert left[0].message == "Mei left the area"  # type: ignore[attr-defined]
+    assert rig.engine.latest_view is not None and rig.engine.latest_view.tracks == []
+
+
+def test_a_declined_face_can_be_offered_again_by_the_operator(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, pointing: Path
+) -> None:
+    person = Person(pointing, "p04_person01")
+    rig = Rig(analyzer, gallery, settings())
+    register(rig, person, approve=False, seconds=4.0)
+    assert [c.reason for c in rig.of(RegistrationCancelled)] == ["declined"]  # type: ignore[attr-defined]
+    track = rig.of(UnknownPersonDetected)[0].track_id  # type: ignore[attr-defined]
+    assert track is not None
+    refused = rig.registrar.offer(track + 100, "Lee", "operator")
+    assert not refused.ok and refused.message.startswith("not in view")
+    reply = rig.registrar.offer(track, "Lee", "operator")
+    assert reply.ok, reply
+    assert rig.registrar.state.phase is Phase.CAPTURING
+    while rig.registrar.state.phase is not Phase.IDLE and rig.now < 40.0:
+        rig.show(person.looking(rig.instruction()))
+    done = rig.of(RegistrationComplete)
+    assert [d.name for d in done] == ["Lee"]  # type: ignore[attr-defined]
+    # Recognised now: offering them again is refused.
+    rig.show(person.looking("front"))
+    again = rig.registrar.offer(track, None, "operator")
+    assert not again.ok and "known" in again.message

@@ -140,7 +140,10 @@ class EventBus:
         capacity: int = 1024,
         clock: Callable[[], float] = time.time,
         first_seq: int = 1,
+        on_publish: Callable[[Event], None] | None = None,
     ) -> None:
+        """`on_publish` sees every event as it is published (stamped), on the loop thread:
+        e.g. the monitor's counters, which then count exactly what the bus published."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
@@ -153,6 +156,7 @@ class EventBus:
         self._seq = first_seq - 1  # e.g. continue after the history's last seq
         self.published = 0
         self.dropped_before_dispatch = 0
+        self._on_publish = on_publish
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make `loop` the one that owns the bus (where `publish_threadsafe` dispatches)."""
@@ -204,6 +208,8 @@ class EventBus:
         self._seq += 1
         stamped = events.stamp(event, self._seq, self._clock())
         self.published += 1
+        if self._on_publish is not None:
+            self._on_publish(stamped)
         for sub in tuple(self._subscribers):
             sub._put(stamped)
         return stamped

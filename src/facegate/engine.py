@@ -5,11 +5,18 @@ need it (a new track, an identity not yet settled, a clearly better view, a peri
 re-check, or an ambiguous association); identify through the gallery; settle identities by
 vote; time the stability of unknown faces. Events:
 - `person_recognized` once per appearance of a known person (a track, or the same person
-  coming back before `left_after_seconds`),
+  coming back before `left_after_seconds`), also when a track first settled as unknown turns
+  out to be someone (just registered on it: `adopt`; or enrolled from photos meanwhile: every
+  unidentified track is identified afresh when the gallery changes),
 - `unknown_person_detected` once per track that is settled as nobody known and has been
   usable and still for `stable_seconds`,
 - `person_left_area` when a track has not been seen for `left_after_seconds`,
 - `source_status` from the capture.
+
+Every processed frame also yields a `Tracks` view (`latest_view`, and `on_tracks` when set):
+only the tracks matched to a detection in that frame, each named only while its latest check
+agrees with its identity. A scene cut (scene.py, or most faces replaced at once) freezes the
+old tracks, so no name continues onto whoever appears where a face was.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from facegate.events import (
     PersonLeftArea,
     PersonRecognized,
     SystemReady,
+    Tracks,
+    TrackView,
     UnknownPersonDetected,
+    type_name,
 )
 from facegate.face import Detection, Face, FaceAnalyzer
 from facegate.gallery import Gallery
@@ -37,9 +47,11 @@ from facegate.headpose import geometry_pose
 from facegate.monitor import Monitor
 from facegate.quality import QualityValidator
 from facegate.registration import Observation
+from facegate.scene import SceneCuts
 from facegate.settings import Settings
 from facegate.sources import Capture, Frame
-from facegate.tracking import Track, Tracker, iou
+from facegate.tracking import Track, Tracker, drift, shape
+from facegate.unknowns import RecentUnknowns
 
 Publish = Callable[[Event], None]
 # A view at least this much larger than the last embedded one is worth embedding again.
@@ -48,6 +60,9 @@ BETTER_VIEW = 1.25
 # whose last view was unusable (too small, dark, blurred, turned away) waits longer.
 UNSETTLED_INTERVAL = 0.1
 UNUSABLE_INTERVAL = 0.5
+# A named face whose landmarks moved more than this (in face-box sizes) since it was last
+# identified is identified again before its name is shown again: it may look different now.
+SHAPE_DRIFT = 0.04
 
 
 class Engine:
@@ -62,6 +77,8 @@ class Engine:
         *,
         monitor: Monitor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        unknowns: RecentUnknowns | None = None,
+        on_tracks: Callable[[Tracks], None] | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
@@ -87,7 +104,19 @@ class Engine:
         self._thumbnail_offset = math.inf
         self._time_offset = 0.0
         self._last_time = -math.inf
-        self.latest_tracks: list[Track] = []
+        cfg = settings.engine
+        self.unknowns = unknowns or RecentUnknowns(cfg.unknowns_kept, cfg.unknowns_keep_seconds)
+        # The faces of the latest processed frame (tracks matched to a detection in it).
+        self.latest_view: Tracks | None = None
+        self.on_tracks = on_tracks
+        self.scene = SceneCuts(cfg.scene_cut_distance)
+        self.cuts = 0  # scene cuts seen
+        self._previous: list[int] = []  # ids of the tracks seen in the previous frame
+        self._gallery_version = gallery.version
+        # Tracks just registered as a person (from the registration runtime's thread).
+        self._adoptions: dict[int, str] = {}
+        self._adopted: set[int] = set()
+        self._adopt_lock = threading.Lock()
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, capture: Capture) -> None:
@@ -113,6 +142,20 @@ class Engine:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def track_status(self, track_id: int) -> str:
+        """For the operator's "Register" on a face (any thread): "unknown" (in view, not
+        recognised: may be registered), "known" (recognised as someone) or "gone"."""
+        track = self.tracker.tracks.get(track_id)
+        if track is None or track.frozen:
+            return "gone"
+        return "known" if track.identity is not None else "unknown"
+
+    def adopt(self, track_id: int, person_id: str) -> None:
+        """Track `track_id` was just registered as `person_id` (any thread): from the next
+        processed frame on it is that person, greeted at once and named when it leaves."""
+        with self._adopt_lock:
+            self._adoptions[track_id] = person_id
+
     # -- one frame ---------------------------------------------------------------------------
     def frame_time(self, frame: Frame) -> float:
         """The stream's own time: a file's position (monotonic across loops) when it has one,
@@ -131,6 +174,10 @@ class Engine:
         detections = self.analyzer.detect(frame.image)
         timings = self.analyzer.timings
         self.monitor.stage("detect", timings.detect + timings.landmarks)
+        cut = self.scene.is_cut(frame.image)
+        if (cut or self.tracker.replaces_faces(detections, self._previous)) and self.tracker.cut():
+            self.cuts += 1
+        self._follow_gallery()
         registering = self._registering_index(detections)
         need = self._needs_embedding(detections, now)
         if registering is not None:  # described below, with the full pose model
@@ -154,18 +201,110 @@ class Engine:
                 t_search = time.perf_counter()
                 self._identify(track, described[i], now)
                 search_ms += (time.perf_counter() - t_search) * 1e3
+        self._apply_adoptions()
+        for i, track in enumerate(seen):
             if track.identity is not None:
                 self._person_seen[track.identity] = now
+            self._note_unknown(track, described.get(i), now)
             self._announce(track, frame, now)
         if described:
             self.monitor.stage("search", search_ms)
-        self._observe_registering(frame, seen, described)
+        self._observe_registering(frame, seen, described, now)
         self._expire(now)
         self.monitor.stage("frame", (time.perf_counter() - t0) * 1e3)
         self.monitor.frame_processed()
         self.latest_frame = frame
-        self.latest_tracks = list(self.tracker.tracks.values())
+        self._previous = [t.id for t in seen]
+        self.latest_view = self._view(frame, seen, now)
+        if self.on_tracks is not None:
+            self.on_tracks(self.latest_view)
         return seen
+
+    # -- what the frame shows ----------------------------------------------------------------
+    def _view(self, frame: Frame, seen: list[Track], now: float) -> Tracks:
+        h, w = frame.image.shape[:2]
+        threshold = self.settings.recognition.threshold
+        views = []
+        for track in seen:
+            person = name = None
+            similarity = None if track.best_similarity <= -1.0 else track.best_similarity
+            if track.id == self.registering:
+                state = "registering"
+            elif self._name_holds(track, now):
+                assert track.identity is not None
+                state, person = "known", track.identity
+                name = self.gallery.name_of(person) or person
+                similarity = track.checked_similarity
+            elif track.settled_unknown:
+                state = "unknown"
+            else:
+                state = "pending"
+            if not self.gallery.person_count and state != "known":
+                similarity = None
+            views.append(
+                TrackView(
+                    track_id=track.id,
+                    bbox=[round(v, 1) for v in track.bbox],
+                    state=state,  # type: ignore[arg-type]
+                    person_id=person,
+                    name=name,
+                    similarity=None if similarity is None else round(similarity, 4),
+                )
+            )
+        return Tracks(
+            frame=frame.number,
+            frame_time=round(now, 3),
+            width=int(w),
+            height=int(h),
+            threshold=threshold,
+            tracks=views,
+        )
+
+    @staticmethod
+    def _name_holds(track: Track, now: float) -> bool:
+        """Whether the track's name may be shown on its face in this frame: its latest check
+        agreed, and the face was checked in this frame or has not changed since."""
+        if track.identity is None or not track.confirmed:
+            return False
+        return track.embedded_at == now or (
+            drift(track.checked_shape, shape(track.detection)) <= SHAPE_DRIFT
+        )
+
+    # -- identities that change outside the video ----------------------------------------------
+    def _follow_gallery(self) -> None:
+        """Someone was enrolled, renamed or erased: identify the unidentified tracks afresh
+        (a person enrolled from photos while in view is greeted within a few frames) and
+        forget an erased person wherever they are."""
+        version = self.gallery.version
+        if version == self._gallery_version:
+            return
+        self._gallery_version = version
+        for track in self.tracker.tracks.values():
+            erased = track.identity is not None and self.gallery.name_of(track.identity) is None
+            if track.identity is None or erased:
+                self.tracker.forget_identity(track)
+        for person_id in [p for p in self._present if self.gallery.name_of(p) is None]:
+            del self._present[person_id]  # erased: no departure under their id either
+            self._person_seen.pop(person_id, None)
+
+    def _apply_adoptions(self) -> None:
+        with self._adopt_lock:
+            pending, self._adoptions = self._adoptions, {}
+        for track_id, person_id in pending.items():
+            track = self.tracker.tracks.get(track_id)
+            if track is None or self.gallery.name_of(person_id) is None:
+                continue  # gone meanwhile (or already erased)
+            similarity = self._similarity_to(track.embedding, person_id)
+            self.tracker.adopt(track, person_id, similarity if similarity is not None else 1.0)
+            self._adopted.add(track_id)
+
+    def _similarity_to(
+        self, embedding: npt.NDArray[np.float32] | None, person_id: str
+    ) -> float | None:
+        if embedding is None:
+            return None
+        result = self.gallery.identify(embedding[None, :])[0]
+        return next((c.similarity for c in result.candidates if c.person_id == person_id), None)
 
     def _registering_index(self, detections: list[Detection]) -> int | None:
         """The detection of the face being registered, if a registration is capturing."""
@@ -173,13 +312,13 @@ class Engine:
             self._thumbnail_offset = math.inf
             return None
         for i, det in enumerate(detections):
-            track = self._likely_track(det)
+            track = self.tracker.likely(det)
             if track is not None and track.id == self.registering:
                 return i
         return None
 
     def _observe_registering(
-        self, frame: Frame, seen: list[Track], described: dict[int, Face]
+        self, frame: Frame, seen: list[Track], described: dict[int, Face], now: float
     ) -> None:
         """The registering face (described with the full pose model) to the registration."""
         callback = self.on_observation
@@ -203,6 +342,7 @@ class Engine:
                     embedding=face.embedding,
                     bbox=face.bbox,
                     quality=quality_score(face),
+                    frame_time=round(now, 3),
                 )
             )
             return
@@ -223,17 +363,26 @@ class Engine:
         then unsettled tracks, better views and re-checks; the rest wait for later frames
         (their tracks are still followed by their boxes)."""
         cfg = self.settings.engine
+        close = self.settings.recognition.threshold + cfg.confirm_margin
         urgent = set(self.tracker.ambiguous(detections))
         need = set(urgent)
         new: set[int] = set()
         for i, det in enumerate(detections):
-            track = self._likely_track(det)
+            track = self.tracker.likely(det)
             if track is None:
                 new.add(i)  # a new face
             elif track.identity is None and not track.settled_unknown:
                 wait = UNSETTLED_INTERVAL if track.usable else UNUSABLE_INTERVAL
                 if now - track.embedded_at >= wait:
                     need.add(i)  # not settled yet
+            elif (
+                track.identity is not None and drift(track.checked_shape, shape(det)) > SHAPE_DRIFT
+            ):
+                need.add(i)  # a named face that turned or moved: check before naming it again
+            elif track.identity is not None and (
+                not track.confirmed or (track.checked_similarity or -1.0) < close
+            ):
+                need.add(i)  # a name near its limit (or in doubt): checked in every frame
             elif det.size >= BETTER_VIEW * track.embedded_size:
                 need.add(i)  # a clearly better view
             elif now - track.embedded_at >= cfg.recheck_seconds:
@@ -245,14 +394,6 @@ class Engine:
 
         return sorted(need, key=urgency)[: cfg.max_embeddings_per_frame]
 
-    def _likely_track(self, det: Detection) -> Track | None:
-        best, best_iou = None, self.settings.engine.min_iou
-        for track in self.tracker.tracks.values():
-            overlap = iou(track.bbox, det.bbox)
-            if overlap >= best_iou:
-                best, best_iou = track, overlap
-        return best
-
     def _identify(self, track: Track, face: Face, now: float) -> None:
         assert face.embedding is not None
         gate = self.validator.for_recognition(face)
@@ -261,19 +402,54 @@ class Engine:
         track.embedded_size = face.size
         track.yaw, track.pitch = face.yaw, face.pitch
         track.usable = gate.usable
-        if not gate.usable:
-            return  # a poor view is not a vote
+        track.checked_shape = shape(track.detection)
         result = self.gallery.identify(face.embedding[None, :])[0]
-        similarity = result.similarity if result.similarity is not None else -1.0
-        weight = min(1.0, face.size / 112.0) * float(face.det_score)
-        self.tracker.vote(track, result.person_id, similarity, weight)
+        if gate.usable:  # a poor view is not a vote
+            similarity = result.similarity if result.similarity is not None else -1.0
+            weight = min(1.0, face.size / 112.0) * float(face.det_score)
+            self.tracker.vote(track, result.person_id, similarity, weight)
+        # Even a poor view checks the name: it is shown only while the face still matches.
+        if track.identity is not None:
+            best = result.candidates[0] if result.candidates else None
+            own = next(
+                (c.similarity for c in result.candidates if c.person_id == track.identity), None
+            )
+            track.checked_similarity = own
+            track.confirmed = (
+                own is not None
+                and own >= self.settings.recognition.threshold
+                and best is not None
+                and best.person_id == track.identity
+            )
+
+    def _note_unknown(self, track: Track, face: Face | None, now: float) -> None:
+        """A face settled as nobody known, for the operator's list of recent unknowns."""
+        if not track.settled_unknown or track.identity is not None:
+            return
+        similarity = (
+            round(track.best_similarity, 4)
+            if self.gallery.person_count and track.best_similarity > -1.0
+            else None
+        )
+        if face is None or not track.usable:
+            self.unknowns.seen(track.id, now, similarity)
+            return
+        self.unknowns.seen(
+            track.id,
+            now,
+            similarity,
+            score=quality_score(face),
+            thumbnail=lambda: thumbnail_jpeg(face),
+        )
 
     def _announce(self, track: Track, frame: Frame, now: float) -> None:
-        if track.announced:
-            return
         bbox = [round(v, 1) for v in track.bbox]
+        threshold = self.settings.recognition.threshold
         if track.identity is not None:
-            track.announced = True
+            if track.greeted == track.identity:
+                return
+            track.greeted, track.announced = track.identity, True
+            self.unknowns.known(track.id)
             if track.identity in self._present:
                 return  # already greeted in this appearance (e.g. a new track after a gap)
             self._present[track.identity] = track
@@ -284,8 +460,11 @@ class Engine:
                     person_id=track.identity,
                     name=name,
                     message=f"Welcome, {name}!",
+                    similarity=sim,
+                    threshold=threshold,
                     confidence=sim,
                     distance=round(1 - sim, 4),
+                    via="registration" if track.id in self._adopted else "vote",
                     track_id=track.id,
                     bbox=bbox,
                     frame_time=round(now, 3),
@@ -293,19 +472,34 @@ class Engine:
                 frame.captured_at,
             )
             return
+        if track.announced:
+            return
         h, w = frame.image.shape[:2]
         stable = self.tracker.update_stability(track, (h, w), now)
         if (
             track.settled_unknown
             and stable >= self.settings.engine.stable_seconds
             and not self.prompts_paused.is_set()
+            and not self.unknowns.dismissed(track.id)
         ):
             track.announced = True
-            best = max(track.best_similarity, 0.0) if self.gallery.person_count else 0.0
+            self.unknowns.offered(track.id)
+            enrolled = self.gallery.person_count
+            best = round(track.best_similarity, 4) if enrolled else None
+            if best is None:
+                message = "Unknown person (no one enrolled yet). Would you like to register?"
+            else:
+                message = (
+                    f"Unknown person (closest similarity {best:.2f}, threshold"
+                    f" {threshold:.2f}). Would you like to register?"
+                )
             self._emit(
                 UnknownPersonDetected(
-                    confidence=round(1 - best, 4),
-                    distance=round(1 - best, 4),
+                    message=message,
+                    similarity=best,
+                    threshold=threshold,
+                    enrolled=enrolled,
+                    distance=None if best is None else round(1 - best, 4),
                     track_id=track.id,
                     bbox=bbox,
                     frame_time=round(now, 3),
@@ -316,6 +510,8 @@ class Engine:
     def _expire(self, now: float) -> None:
         left_after = self.settings.engine.left_after_seconds
         for track in self.tracker.expire(now):
+            self.unknowns.left(track.id)
+            self._adopted.discard(track.id)
             if track.announced and track.identity is None:
                 self._left(track, None)
         for person_id, track in list(self._present.items()):
@@ -338,5 +534,6 @@ class Engine:
         )
 
     def _emit(self, event: Event, captured_at: float | None) -> None:
-        self.monitor.event(event.__struct_config__.tag or "", captured_at)  # type: ignore[arg-type]
+        if captured_at is not None:
+            self.monitor.frame_to_event(type_name(event), captured_at)
         self.publish(event)

@@ -92,6 +92,8 @@ class Gallery:
         self._names: dict[str, str] = {}
         self.loaded_from_disk = False
         self.start_seconds = 0.0
+        # Bumped by every change of persons or embeddings (the engine re-identifies then).
+        self.version = 0
         # The engine thread searches while the server's loop enrols and erases.
         self._lock = threading.RLock()
 
@@ -134,6 +136,7 @@ class Gallery:
             if not self.store.readonly and index.build_seconds > cfg.save_after_build_seconds:
                 index.save(self.index_path)
         self._index = index
+        self.version += 1
         self.start_seconds = time.perf_counter() - t0
 
     def refresh(self) -> bool:
@@ -257,10 +260,13 @@ class Gallery:
             self._index.generation = self.store.generation()
             self._person_of.update(dict.fromkeys(ids, person.id))
             self._names[person.id] = person.name
+            self.version += 1
 
     def rename(self, person_id: str, name: str, *, actor: str) -> Person:
         person = self.store.rename(person_id, name, actor=actor)
-        self._names[person_id] = person.name
+        with self._lock:
+            self._names[person_id] = person.name
+            self.version += 1
         return person
 
     def delete_person(self, person_id: str, *, actor: str) -> int:
@@ -280,6 +286,7 @@ class Gallery:
             for emb_id in ids:
                 self._person_of.pop(emb_id, None)
             self._names.pop(person_id, None)
+            self.version += 1
         if pending is not None:
             raise pending
         return len(ids)

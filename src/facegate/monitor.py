@@ -152,16 +152,22 @@ class Monitor:
                 series = self._stages[name] = _Series(self._samples)
             series.add(ms)
 
-    def event(self, kind: str, frame_captured_at: float | None) -> None:
-        """An event of type `kind` was published; `frame_captured_at` on this monitor's clock."""
+    def frame_to_event(self, kind: str, frame_captured_at: float) -> None:
+        """The engine made an event of type `kind` from the frame captured at this time (on
+        this monitor's clock): the latency from frame to event."""
+        with self._lock:
+            self._frame_to_event.add((self._clock() - frame_captured_at) * 1000.0)
+
+    # -- the bus's side ------------------------------------------------------------------------
+    def published(self, kind: str) -> None:
+        """An event of type `kind` was published on the bus (the bus calls this for every
+        event it publishes, so the counters are the bus's own)."""
         with self._lock:
             self._events += 1
             if kind == "person_recognized":
                 self._recognitions += 1
             elif kind == "unknown_person_detected":
                 self._unknowns += 1
-            if frame_captured_at is not None:
-                self._frame_to_event.add((self._clock() - frame_captured_at) * 1000.0)
 
     def source_state(self, state: str) -> None:
         if state not in SOURCE_STATES:

@@ -4,7 +4,8 @@ effects (publish events, answer clients, validate and store the captures).
 It runs where the server's event loop runs; the engine thread hands it the registering face
 of every frame (`observe`) through the loop. While a registration is under way the engine
 offers no other unknown face (`Engine.prompts_paused`) and describes the registering face with
-its full pose model on every frame (`Engine.registering`).
+its full pose model on every frame (`Engine.registering`). When a registration completes, the
+engine is told that the registered face is now that person (`Engine.adopt`): greeted at once.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from facegate.events import Event, PersonLeftArea, PersonRecognized, UnknownPersonDetected
+from facegate.events import (
+    Event,
+    PersonLeftArea,
+    PersonRecognized,
+    RegistrationComplete,
+    UnknownPersonDetected,
+)
 from facegate.gallery import Gallery
 from facegate.names import clean_name
 from facegate.registration import (
     Decision,
     Input,
     Observation,
+    Offer,
     PersonLeft,
     Phase,
     Publish,
@@ -31,6 +39,7 @@ from facegate.registration import (
     State,
     Stored,
     Tick,
+    Typing,
     UnknownOffered,
     ValidateAndStore,
     consistent,
@@ -110,6 +119,29 @@ class Registrar:
             self.last_decision = {"register": register, "name": cleaned, "client": client}
         return next((r for r in replies if r.client == client), Reply(client, False, "ignored"))
 
+    def offer(self, track_id: int, name: str | None, client: str) -> Reply:
+        """The operator asks to register the face of track `track_id` now (a "Register" on a
+        face; again after "Not now", a timeout or a failed capture).
+
+        Raises InvalidNameError for a bad name. Refused (ok False) with a message starting
+        "not in view" when no such face is in view, or when it is recognised as someone."""
+        cleaned = clean_name(name) if name and name.strip() else None
+        status = self.engine.track_status(track_id) if self.engine is not None else "gone"
+        if status == "gone":
+            return Reply(client, False, f"not in view: no face with track id {track_id} now")
+        if status == "known":
+            return Reply(client, False, f"not in view as a stranger: track {track_id} is known")
+        replies = self.handle(Offer(track_id, cleaned, client))
+        reply = next((r for r in replies if r.client == client), Reply(client, False, "ignored"))
+        if reply.ok:
+            self.last_decision = {"register": True, "name": cleaned, "client": client}
+        return reply
+
+    def typing(self, client: str) -> Reply:
+        """The operator is typing a name: the prompt's deadline is extended once."""
+        replies = self.handle(Typing(client))
+        return next((r for r in replies if r.client == client), Reply(client, False, "ignored"))
+
     def observe(self, obs: Observation) -> None:
         self.handle(obs)
 
@@ -124,9 +156,17 @@ class Registrar:
         replies: list[Reply] = []
         pending: list[Input] = [event]
         while pending:
+            track = self.state.track_id
             self.state, effects = step(self.state, pending.pop(0), self.clock(), self.cfg)
             for effect in effects:
                 match effect:
+                    case Publish(event=RegistrationComplete() as done):
+                        # The registered face is that person from the next frame on: greeted
+                        # at once, and named when it leaves.
+                        registered = done.track_id if done.track_id is not None else track
+                        if self.engine is not None and registered is not None:
+                            self.engine.adopt(registered, done.person_id)
+                        self.publish(done)
                     case Publish(event=out):
                         self.publish(out)
                     case Reply():

@@ -1,16 +1,22 @@
 """Registration: operator approval, then a guided five-pose capture. A pure state machine.
 
-`step(state, event, now) -> (state, effects)` never does I/O: the runtime
-(`registrar.py`) feeds it what happens (an unknown person offered, a decision, the
-registering face in each frame, a departure, the validation result, a reset, the clock) and
-carries out the effects it returns (events to publish, replies to a client, the validation
-and storage of the captures). Illegal transitions raise `IllegalTransitionError`.
+`step(state, event, now, cfg) -> (state, effects)` never does I/O: the runtime
+(`registrar.py`) feeds it what happens (an unknown person offered, the operator typing a name,
+a decision, the operator asking to register a face, the registering face in each frame, a
+departure, the validation result, a reset, the clock) and carries out the effects it returns
+(events to publish, replies to a client, the validation and storage of the captures). Illegal
+transitions raise `IllegalTransitionError`. `now` is the runtime's clock (deadlines); an
+observation's `frame_time` is stream time (pose steadiness, feedback).
 
     idle --unknown--> awaiting_decision --approve--> capturing(front..down) --5 poses-->
     validating --stored--> completed -> idle
                         \\--decline/timeout/left--> cancelled -> idle
+    idle --offer--> capturing (the operator asked to register a face: no question)
     capturing --pose timeout--> failed -> idle;  validating --refused--> failed -> idle
     any --reset--> idle
+
+The front pose is the person's own steady front (`front_reading`), not an absolute window:
+the other poses are measured from it. Every failure and cancellation says what to do next.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from facegate.events import (
     RegistrationFailed,
     RegistrationPoseFeedback,
     RegistrationStart,
+    RegistrationWaiting,
     SystemReady,
 )
 from facegate.settings import POSE_ORDER, RegistrationSettings
@@ -39,9 +46,40 @@ INSTRUCTIONS = {
     "front": "Look straight at the camera",
     "left": "Turn your head slowly to your left",
     "right": "Turn your head slowly to your right",
-    "up": "Tilt your head slowly up",
-    "down": "Tilt your head slowly down",
+    "up": "Tilt your head slowly up, keeping your face towards the camera",
+    "down": "Tilt your head slowly down, keeping your face towards the camera",
 }
+
+# Pose feedback hints, in the person's own terms (yaw < 0: turned to their own left; pitch > 0:
+# looking up). See `direction_hint` for the turns and tilts.
+HOLD_STILL = "hold still, looking at the camera"
+
+# What to do after a registration ends without a person stored, by reason.
+NEXT_STEPS = {
+    "declined": "Click Register on their face if you change your mind",
+    "decision_timeout": "Click Register on their face to register them",
+    "person_left": "Click Register on their face when they are back in view",
+    "reset": "Click Register on a face to start a registration",
+    "inconsistent_identity": (
+        "Make sure only the person registering faces the camera, then click Register on their"
+        " face to try again"
+    ),
+    "store_error": (
+        "Nothing was stored: check the server's log and disk, then click Register on their"
+        " face to try again"
+    ),
+}
+RETRY = "Ask them to face the camera and click Register on their face to try again"
+POSE_TIPS = {
+    "front": "They must hold still, looking straight at the camera",
+    "left": "They must turn their head further to their own left",
+    "right": "They must turn their head further to their own right",
+    "up": "They must tilt their head up, keeping their face towards the camera",
+    "down": "They must tilt their head down, keeping their face towards the camera",
+}
+
+# Front readings kept for the steadiness check: more than the settle time holds at 100 fps.
+RECENT_MAX = 512
 
 
 class Phase(enum.Enum):
@@ -65,10 +103,27 @@ class UnknownOffered:
 
 
 @dataclass(frozen=True)
+class Typing:
+    """The operator is typing a name: the question's deadline is extended, once."""
+
+    client: str = ""
+
+
+@dataclass(frozen=True)
 class Decision:
     register: bool
     name: str | None = None
     client: str = ""  # who answered, for the reply
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The operator asks to register this face now (the runtime checked that the track is in
+    view and not known)."""
+
+    track_id: int
+    name: str | None = None
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +138,7 @@ class Observation:
     embedding: npt.NDArray[np.float32] | None
     bbox: tuple[float, float, float, float] | None = None
     quality: float = 0.0  # 0..1, see enrolment.quality_score
+    frame_time: float | None = None  # stream time of the frame (None: use the runtime's clock)
 
 
 @dataclass(frozen=True)
@@ -97,7 +153,7 @@ class Stored:
     ok: bool
     person_id: str | None = None
     name: str | None = None
-    reason: str = ""  # inconsistent_identity | already_registered | error text
+    reason: str = ""  # inconsistent_identity | already_registered | store_error | error text
     message: str = ""
 
 
@@ -111,7 +167,9 @@ class Reset:
     pass
 
 
-Input = UnknownOffered | Decision | Observation | PersonLeft | Stored | Tick | Reset
+Input = (
+    UnknownOffered | Typing | Decision | Offer | Observation | PersonLeft | Stored | Tick | Reset
+)
 
 
 # -- what comes out --------------------------------------------------------------------------
@@ -155,11 +213,16 @@ class State:
     track_id: int | None = None
     name: str | None = None
     deadline: float = 0.0  # decision or current pose
+    extended: bool = False  # the decision's deadline was extended (once per question)
     pose_index: int = 0
     captures: tuple[Capture, ...] = ()
     last_capture_frame: int = -(10**9)
     last_feedback: float = -1e18
-    baseline: tuple[float, float] = (0.0, 0.0)  # the front pose's mean yaw, pitch
+    # The front pose's usable readings (time, yaw, pitch): the last front_settle_seconds and
+    # the latest one before them, at most RECENT_MAX.
+    recent: tuple[tuple[float, float, float], ...] = ()
+    front: tuple[float, float] | None = None  # the person's steady front (yaw, pitch)
+    baseline: tuple[float, float] = (0.0, 0.0)  # the front captures' mean yaw, pitch
     declined: tuple[tuple[int, float], ...] = ()  # (track id, until)
 
     @property
@@ -178,6 +241,16 @@ def progress(state: State, cfg: RegistrationSettings) -> float:
     return round(100.0 * min(len(state.captures), total) / total, 1)
 
 
+def next_step(reason: str, name: str | None = None) -> str:
+    """What the operator can do after a registration ended for `reason`."""
+    if reason.startswith("angle_timeout_"):
+        pose = reason.removeprefix("angle_timeout_")
+        return f"{POSE_TIPS[pose]}. {RETRY}" if pose in POSE_TIPS else RETRY
+    if reason == "already_registered":
+        return f"They are already registered as {name or 'someone else'}: nothing to do"
+    return NEXT_STEPS.get(reason, "Click Register on their face to try again")
+
+
 def _idle(state: State, now: float) -> State:
     declined = tuple((t, until) for t, until in state.declined if until > now)
     return State(declined=declined)
@@ -193,19 +266,147 @@ def _instruction(state: State, cfg: RegistrationSettings) -> Publish:
             total_angles=len(POSE_ORDER),
             progress=progress(state, cfg),
             message=f"Pose {state.pose_index + 1} of {len(POSE_ORDER)}: {INSTRUCTIONS[pose]}",
+            timeout_seconds=cfg.angle_timeout_seconds,
+        )
+    )
+
+
+def _waiting(state: State, seconds_left: float, cfg: RegistrationSettings) -> Publish:
+    message = (
+        "The operator is typing a name: more time to answer"
+        if state.extended
+        else "Register this face? Waiting for the operator's answer"
+    )
+    return Publish(
+        RegistrationWaiting(
+            message=message,
+            track_id=state.track_id,
+            seconds_left=seconds_left,
+            timeout_seconds=cfg.decision_timeout_seconds,
+            extended=state.extended,
         )
     )
 
 
 def target(state: State, cfg: RegistrationSettings, pose: str) -> tuple[list[float], list[float]]:
-    """The pose's yaw and pitch windows in absolute angles (shifted to the front baseline)."""
+    """The yaw and pitch windows a pose's readings are checked against, in absolute angles.
+
+    front: the tolerance box around the person's steady front once it is known, else
+    poses.front (where that front must lie). The others: their windows, shifted to the front
+    baseline when relative_to_front."""
+    if pose == "front" and state.front is not None:
+        yaw, pitch = state.front
+        tol = cfg.front_tolerance_degrees
+        return [yaw - tol, yaw + tol], [pitch - tol, pitch + tol]
     window = cfg.poses[pose]
     dy, dp = state.baseline if (cfg.relative_to_front and pose != "front") else (0.0, 0.0)
     return [window.yaw[0] + dy, window.yaw[1] + dy], [window.pitch[0] + dp, window.pitch[1] + dp]
 
 
+def _outside(value: float, window: list[float]) -> float:
+    """How far past the window: > 0 above its max, < 0 below its min, 0 inside."""
+    if value > window[1]:
+        return value - window[1]
+    if value < window[0]:
+        return value - window[0]
+    return 0.0
+
+
+# The way each pose moves away from the front: (axis, sign).
+_AWAY = {"left": ("yaw", -1), "right": ("yaw", 1), "up": ("pitch", 1), "down": ("pitch", -1)}
+
+
+def direction_hint(
+    pose: str,
+    yaw: float | None,
+    pitch: float | None,
+    yaw_window: list[float],
+    pitch_window: list[float],
+) -> str | None:
+    """What to do to bring (yaw, pitch) into the windows, in the person's own terms: along the
+    axis that is furthest out. None when inside, or without a reading.
+
+    Along the pose's own axis: "turn further to your left" / "turn back a little to your right"
+    (left, right), "tilt your head further up" / "tilt your head back down a little" (up,
+    down). Across it, and for the front: "turn a little to your left|right", "tilt your head
+    up|down a little"."""
+    if yaw is None or pitch is None:
+        return None
+    yaw_out, pitch_out = _outside(yaw, yaw_window), _outside(pitch, pitch_window)
+    if yaw_out == 0.0 and pitch_out == 0.0:
+        return None
+    axis, away = _AWAY.get(pose, ("", 0))
+    if abs(yaw_out) >= abs(pitch_out):
+        sign = -1 if yaw_out > 0 else 1  # the way yaw must go: -1 to the person's own left
+        side = "left" if sign < 0 else "right"
+        if axis != "yaw":
+            return f"turn a little to your {side}"
+        return (
+            f"turn further to your {side}" if sign == away else f"turn back a little to your {side}"
+        )
+    sign = -1 if pitch_out > 0 else 1
+    way = "down" if sign < 0 else "up"
+    if axis != "pitch":
+        return f"tilt your head {way} a little"
+    return (
+        f"tilt your head further {way}" if sign == away else f"tilt your head back {way} a little"
+    )
+
+
+def _remember(
+    recent: tuple[tuple[float, float, float], ...],
+    t: float,
+    yaw: float,
+    pitch: float,
+    cfg: RegistrationSettings,
+) -> tuple[tuple[float, float, float], ...]:
+    """The readings of the last front_settle_seconds with this one, and the latest reading
+    before them (it shows that they cover the whole settle time). A stream that went back (a
+    looped file) or a gap of more than front_settle_seconds without a reading starts over."""
+    kept = [r for r in recent if r[0] <= t]
+    if kept and t - kept[-1][0] > cfg.front_settle_seconds:
+        kept = []
+    kept.append((t, yaw, pitch))
+    start = t - cfg.front_settle_seconds
+    first = 0
+    for i, (when, _, _) in enumerate(kept):
+        if when <= start:
+            first = i
+    return tuple(kept[first:][-RECENT_MAX:])
+
+
+def front_reading(
+    recent: tuple[tuple[float, float, float], ...], t: float, cfg: RegistrationSettings
+) -> tuple[float, float] | None:
+    """The person's steady front: the median yaw and pitch of the recent readings, once they
+    cover front_settle_seconds and each varies by at most front_steadiness_degrees."""
+    if not recent:
+        return None
+    if recent[0][0] > t - cfg.front_settle_seconds and len(recent) < RECENT_MAX:
+        return None  # not held long enough yet
+    yaws = [yaw for _, yaw, _ in recent]
+    pitches = [pitch for _, _, pitch in recent]
+    limit = cfg.front_steadiness_degrees
+    if max(yaws) - min(yaws) > limit or max(pitches) - min(pitches) > limit:
+        return None
+    return float(np.median(yaws)), float(np.median(pitches))
+
+
 def _end(state: State, now: float, event: Event) -> tuple[State, list[Effect]]:
     return _idle(state, now), [Publish(event)]
+
+
+def _cancel(state: State, now: float, reason: str, message: str) -> tuple[State, list[Effect]]:
+    return _end(
+        state,
+        now,
+        RegistrationCancelled(
+            message=message,
+            reason=reason,
+            track_id=state.track_id,
+            next_step=next_step(reason),
+        ),
+    )
 
 
 def step(
@@ -215,9 +416,7 @@ def step(
     if isinstance(event, Reset):
         effects: list[Effect] = []
         if state.phase in (Phase.AWAITING_DECISION, Phase.CAPTURING, Phase.VALIDATING):
-            effects.append(
-                Publish(RegistrationCancelled(message="Registration reset", reason="reset"))
-            )
+            effects += _cancel(state, now, "reset", "Registration reset")[1]
         effects.append(Publish(SystemReady(message="System reset; ready")))
         return _idle(state, now), effects
     match state.phase:
@@ -235,9 +434,52 @@ def step(
             )
 
 
-def _refuse_decision(event: Input, why: str) -> list[Effect]:
-    assert isinstance(event, Decision)
+NOT_WAITING = "no registration is waiting for a decision"
+UNDER_WAY = "a registration is under way"
+
+
+def _refuse(event: Input, why: str) -> list[Effect]:
+    assert isinstance(event, Decision | Typing | Offer)
     return [Reply(event.client, False, why)]
+
+
+def _start_capture(
+    state: State,
+    track: int,
+    now: float,
+    cfg: RegistrationSettings,
+    *,
+    name: str | None,
+    client: str,
+) -> tuple[State, list[Effect]]:
+    """The operator approved (or asked for) the registration of `track`: the first pose."""
+    capturing = replace(
+        state,
+        phase=Phase.CAPTURING,
+        track_id=track,
+        name=name,
+        extended=False,
+        pose_index=0,
+        captures=(),
+        recent=(),
+        front=None,
+        deadline=now + cfg.angle_timeout_seconds,
+    )
+    shown = name or "the new person"
+    return capturing, [
+        Reply(client, True, "approved"),
+        Publish(
+            RegistrationApproved(message=f"Registering {shown}", track_id=track, name=name or "")
+        ),
+        Publish(
+            RegistrationStart(
+                message="Follow the instructions on the screen",
+                total_angles=len(POSE_ORDER),
+                angles=list(POSE_ORDER),
+            )
+        ),
+        _instruction(capturing, cfg),
+    ]
 
 
 def _step_idle(
@@ -247,12 +489,21 @@ def _step_idle(
         case UnknownOffered(track_id=track):
             if any(t == track and until > now for t, until in state.declined):
                 return state, []  # declined recently: not asked again
-            deadline = now + cfg.decision_timeout_seconds
-            return replace(
-                state, phase=Phase.AWAITING_DECISION, track_id=track, deadline=deadline
-            ), []
-        case Decision():
-            return state, _refuse_decision(event, "no registration is waiting for a decision")
+            asking = replace(
+                state,
+                phase=Phase.AWAITING_DECISION,
+                track_id=track,
+                deadline=now + cfg.decision_timeout_seconds,
+                extended=False,
+            )
+            return asking, [_waiting(asking, cfg.decision_timeout_seconds, cfg)]
+        case Offer(track_id=track, name=name, client=client):
+            declined = tuple((t, until) for t, until in state.declined if t != track)
+            return _start_capture(
+                replace(state, declined=declined), track, now, cfg, name=name, client=client
+            )
+        case Decision() | Typing():
+            return state, _refuse(event, NOT_WAITING)
         case Tick() | Observation() | PersonLeft():
             return _idle(state, now), []
     raise IllegalTransitionError(f"idle cannot take {type(event).__name__}")
@@ -261,68 +512,41 @@ def _step_idle(
 def _step_awaiting(
     state: State, event: Input, now: float, cfg: RegistrationSettings
 ) -> tuple[State, list[Effect]]:
-    if isinstance(event, Decision) and now >= state.deadline:  # the answer came too late
-        nxt, effects = _end(
-            state,
-            now,
-            RegistrationCancelled(
-                message="No answer in time; registration not started", reason="decision_timeout"
-            ),
+    if isinstance(event, Decision | Typing) and now >= state.deadline:  # too late
+        nxt, effects = _cancel(
+            state, now, "decision_timeout", "No answer in time; registration not started"
         )
-        return nxt, [Reply(event.client, False, "the decision came too late"), *effects]
+        late = "the decision came too late" if isinstance(event, Decision) else "too late to extend"
+        return nxt, [Reply(event.client, False, late), *effects]
     match event:
         case Decision(register=False, client=client):
             until = now + cfg.decline_cooldown_seconds
             track = state.track_id if state.track_id is not None else -1
             declined = (*state.declined, (track, until))
-            nxt, effects = _end(
-                replace(state, declined=declined),
-                now,
-                RegistrationCancelled(message="Registration declined", reason="declined"),
+            nxt, effects = _cancel(
+                replace(state, declined=declined), now, "declined", "Registration declined"
             )
             return nxt, [Reply(client, True, "declined"), *effects]
         case Decision(register=True, name=name, client=client):
-            capturing = replace(
-                state,
-                phase=Phase.CAPTURING,
-                name=name,
-                pose_index=0,
-                captures=(),
-                deadline=now + cfg.angle_timeout_seconds,
-            )
-            shown = name or "the new person"
-            return capturing, [
-                Reply(client, True, "approved"),
-                Publish(
-                    RegistrationApproved(
-                        message=f"Registering {shown}", track_id=state.track_id, name=name or ""
-                    )
-                ),
-                Publish(
-                    RegistrationStart(
-                        message="Follow the instructions on the screen",
-                        total_angles=len(POSE_ORDER),
-                        angles=list(POSE_ORDER),
-                    )
-                ),
-                _instruction(capturing, cfg),
-            ]
+            assert state.track_id is not None
+            return _start_capture(state, state.track_id, now, cfg, name=name, client=client)
+        case Offer(track_id=track, name=name, client=client) if track == state.track_id:
+            # The operator asks for the face in question: an approval (even past the deadline,
+            # since it is a request of its own, not a late answer).
+            return _start_capture(state, track, now, cfg, name=name, client=client)
+        case Offer():
+            return state, _refuse(event, "another face is waiting for a decision")
+        case Typing(client=client) if state.extended:
+            return state, [Reply(client, False, "already extended")]
+        case Typing(client=client):
+            deadline = max(state.deadline, now + cfg.decision_timeout_seconds)
+            left = max(cfg.decision_timeout_seconds, state.deadline - now)
+            extended = replace(state, deadline=deadline, extended=True)
+            return extended, [Reply(client, True, "extended"), _waiting(extended, left, cfg)]
         case PersonLeft(track_id=track) if track == state.track_id:
-            return _end(
-                state,
-                now,
-                RegistrationCancelled(
-                    message="The person left before a decision", reason="person_left"
-                ),
-            )
+            return _cancel(state, now, "person_left", "The person left before a decision")
         case Tick() if now >= state.deadline:
-            return _end(
-                state,
-                now,
-                RegistrationCancelled(
-                    message="No answer; registration not started", reason="decision_timeout"
-                ),
-            )
+            return _cancel(state, now, "decision_timeout", "No answer; registration not started")
         case UnknownOffered() | Observation() | PersonLeft() | Tick():
             return state, []  # one registration at a time
     raise IllegalTransitionError(f"awaiting_decision cannot take {type(event).__name__}")
@@ -335,25 +559,26 @@ def _step_capturing(
         case Observation() if event.track_id == state.track_id:
             return _observe(state, event, now, cfg)
         case PersonLeft(track_id=track) if track == state.track_id:
-            return _end(
-                state,
-                now,
-                RegistrationCancelled(
-                    message="The person left during the capture", reason="person_left"
-                ),
-            )
+            return _cancel(state, now, "person_left", "The person left during the capture")
         case Tick() if now >= state.deadline:
             pose = state.pose or "?"
+            reason = f"angle_timeout_{pose}"
             return _end(
                 state,
                 now,
                 RegistrationFailed(
                     message=f"The {pose} pose was not reached in {cfg.angle_timeout_seconds:.0f} s",
-                    reason=f"angle_timeout_{pose}",
+                    reason=reason,
+                    track_id=state.track_id,
+                    next_step=next_step(reason),
                 ),
             )
         case Decision():
-            return state, _refuse_decision(event, "already decided")
+            return state, _refuse(event, "already decided")
+        case Typing():
+            return state, _refuse(event, NOT_WAITING)
+        case Offer():
+            return state, _refuse(event, UNDER_WAY)
         case UnknownOffered() | Observation() | PersonLeft() | Tick():
             return state, []
     raise IllegalTransitionError(f"capturing cannot take {type(event).__name__}")
@@ -363,13 +588,37 @@ def _observe(
     state: State, obs: Observation, now: float, cfg: RegistrationSettings
 ) -> tuple[State, list[Effect]]:
     pose = POSE_ORDER[state.pose_index]
+    steady: tuple[float, float] | None = None
+    if pose == "front" and obs.usable and obs.yaw is not None and obs.pitch is not None:
+        t = obs.frame_time if obs.frame_time is not None else now
+        recent = _remember(state.recent, t, obs.yaw, obs.pitch, cfg)
+        steady = front_reading(recent, t, cfg)
+        front = state.front
+        if steady is not None:  # the person's front now; captured only inside poses.front
+            window = cfg.poses["front"]
+            inside_window = (
+                window.yaw[0] <= steady[0] <= window.yaw[1]
+                and window.pitch[0] <= steady[1] <= window.pitch[1]
+            )
+            front = steady if inside_window else None
+        state = replace(state, recent=recent, front=front)
     yaw_win, pitch_win = target(state, cfg, pose)
     inside = (
-        obs.yaw is not None
+        (pose != "front" or state.front is not None)
+        and obs.yaw is not None
         and obs.pitch is not None
         and yaw_win[0] <= obs.yaw <= yaw_win[1]
         and pitch_win[0] <= obs.pitch <= pitch_win[1]
     )
+    if pose != "front":
+        hint = direction_hint(pose, obs.yaw, obs.pitch, yaw_win, pitch_win)
+    elif obs.yaw is None or obs.pitch is None:
+        hint = None
+    elif steady is not None and state.front is None:  # steady, but outside poses.front
+        window = cfg.poses["front"]
+        hint = direction_hint("front", *steady, window.yaw, window.pitch)
+    else:
+        hint = None if inside else HOLD_STILL
     held = inside and obs.usable and obs.embedding is not None
     effects: list[Effect] = []
     if held and obs.frame - state.last_capture_frame >= cfg.min_frames_apart:
@@ -391,7 +640,9 @@ def _observe(
                     needed=cfg.captures_per_pose,
                     track_id=obs.track_id,
                     bbox=list(obs.bbox) if obs.bbox else None,
-                    frame_time=now,
+                    frame_time=obs.frame_time,
+                    seconds_left=round(max(0.0, state.deadline - now), 1),
+                    hint=hint,
                 )
             )
         )
@@ -401,6 +652,7 @@ def _observe(
         fronts = [c for c in state.captures if c.pose == "front"]
         state = replace(
             state,
+            recent=(),
             baseline=(
                 float(np.mean([c.yaw or 0.0 for c in fronts])),
                 float(np.mean([c.pitch or 0.0 for c in fronts])),
@@ -436,7 +688,10 @@ def _step_validating(state: State, event: Input, now: float) -> tuple[State, lis
                 state,
                 now,
                 RegistrationComplete(
-                    person_id=pid, name=name, message=message or f"{name} registered"
+                    person_id=pid,
+                    name=name,
+                    message=message or f"{name} registered",
+                    track_id=state.track_id,
                 ),
             )
         case Stored(ok=False, person_id=pid, name=name, reason=reason, message=message):
@@ -444,11 +699,20 @@ def _step_validating(state: State, event: Input, now: float) -> tuple[State, lis
                 state,
                 now,
                 RegistrationFailed(
-                    message=message or reason, reason=reason, person_id=pid, name=name
+                    message=message or reason,
+                    reason=reason,
+                    person_id=pid,
+                    name=name,
+                    track_id=state.track_id,
+                    next_step=next_step(reason, name),
                 ),
             )
         case Decision():
-            return state, _refuse_decision(event, "already decided")
+            return state, _refuse(event, "already decided")
+        case Typing():
+            return state, _refuse(event, NOT_WAITING)
+        case Offer():
+            return state, _refuse(event, UNDER_WAY)
         case UnknownOffered() | Observation() | PersonLeft() | Tick():
             return state, []  # the captures are complete: leaving now changes nothing
     raise IllegalTransitionError(f"validating cannot take {type(event).__name__}")

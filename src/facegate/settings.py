@@ -99,6 +99,18 @@ class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # A detection whose embedding is below this similarity to a track's is not that track,
     # however much the boxes overlap (two people crossing).
     min_track_similarity: Cosine = 0.3
+    # A named face whose latest check came within this of recognition.threshold is checked
+    # again in every frame (not every recheck_seconds): a name near its limit is shown only
+    # while the face keeps matching. (A named face that turns is checked again too.)
+    confirm_margin: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.1
+    # A frame whose colours differ from the previous one by more than this (Bhattacharyya
+    # distance of hue x saturation histograms, 0..1) starts a new scene: no track continues
+    # across it (see scene.py; cuts measured at 0.40-0.53, motion at most 0.18).
+    scene_cut_distance: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.3
+    # Recent unknown faces kept in memory for the operator (never on disk): how many, and
+    # for how long after they left.
+    unknowns_kept: Annotated[int, Meta(ge=1, le=1000)] = 50
+    unknowns_keep_seconds: Annotated[float, Meta(gt=0.0, le=86400.0)] = 600.0
 
 
 Window = Annotated[list[float], Meta(min_length=2, max_length=2)]
@@ -114,12 +126,15 @@ class PoseWindow(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 def _pose_windows() -> dict[str, PoseWindow]:
     # left/right are the person's own; yaw < 0 is turned to the subject's own left.
+    # front: where a person's natural straight ahead may read (the captures are then taken
+    # around their own steady front). up/down allow the turn people add when they tilt
+    # (held-out faces read yaw up to 27 deg looking straight up).
     return {
-        "front": PoseWindow(yaw=[-10.0, 10.0], pitch=[-10.0, 10.0]),
+        "front": PoseWindow(yaw=[-25.0, 25.0], pitch=[-25.0, 25.0]),
         "left": PoseWindow(yaw=[-45.0, -20.0], pitch=[-15.0, 15.0]),
         "right": PoseWindow(yaw=[20.0, 45.0], pitch=[-15.0, 15.0]),
-        "up": PoseWindow(yaw=[-15.0, 15.0], pitch=[15.0, 35.0]),
-        "down": PoseWindow(yaw=[-15.0, 15.0], pitch=[-35.0, -15.0]),
+        "up": PoseWindow(yaw=[-30.0, 30.0], pitch=[15.0, 35.0]),
+        "down": PoseWindow(yaw=[-30.0, 30.0], pitch=[-35.0, -15.0]),
     }
 
 
@@ -142,6 +157,12 @@ class RegistrationSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # up/down (pitch) and left/right (yaw) are measured from the person's own front pose, so a
     # camera above or below eye level does not make the tilts unreachable.
     relative_to_front: bool = True
+    # The front is the person's own: the median of their steady readings over this (stream time).
+    front_settle_seconds: Annotated[float, Meta(gt=0.0, le=5.0)] = 1.0
+    # Largest spread (max - min) of yaw and of pitch over the settle time that is steady.
+    front_steadiness_degrees: Annotated[float, Meta(gt=0.0, le=45.0)] = 8.0
+    # Front captures come from frames within this of the steady front (yaw and pitch).
+    front_tolerance_degrees: Annotated[float, Meta(gt=0.0, le=45.0)] = 6.0
     poses: dict[str, PoseWindow] = msgspec.field(default_factory=_pose_windows)
 
     def __post_init__(self) -> None:
@@ -188,6 +209,8 @@ class ServerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ws_close_grace_seconds: Annotated[float, Meta(gt=0.0, le=600.0)] = 10.0
     # WebSocket clients at once; one more is closed with 1013 (try again later).
     ws_max_clients: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    # The faces of the latest frame (`tracks` message) are sent at most this often.
+    tracks_per_second: Annotated[float, Meta(gt=0.0, le=60.0)] = 10.0
     # A connection must send its request headers within this long; an idle keep-alive
     # connection is closed after keep_alive_seconds.
     header_timeout_seconds: Annotated[float, Meta(gt=0.0, le=120.0)] = 5.0

@@ -6,6 +6,9 @@
 - Identity: each identification of a track is a vote (a person, or "nobody") weighted by face
   size and quality; a track's identity settles when enough recent votes agree, so one blurry
   frame cannot flip a name.
+- Scene cuts: when the picture changes at once (a camera cut, or most faces lost while new
+  ones appear), the old tracks are frozen: no detection is ever associated with them again, so
+  a name cannot jump to whoever stands where its face was. They expire as usual.
 - Stability: the face's speed (centre movement plus change of size, in face widths per second,
   smoothed: walking past and walking up both count); a face that is
   usable, still and clear of the frame's edges accumulates stable time, and anything else
@@ -26,6 +29,21 @@ from facegate.face import BBox, Detection
 from facegate.settings import EngineSettings
 
 MOTION_SMOOTHING = 0.5  # EMA factor per second-normalised update
+
+
+def shape(det: Detection) -> tuple[float, ...]:
+    """The five landmarks relative to the face box (0..1): how the face is turned and posed
+    there. A face whose shape has not moved since it was identified still looks the same."""
+    x1, y1, x2, y2 = det.bbox
+    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    return tuple(v for x, y in det.landmarks for v in ((x - x1) / w, (y - y1) / h))
+
+
+def drift(a: tuple[float, ...] | None, b: tuple[float, ...]) -> float:
+    """How far a face's shape moved (the largest landmark shift, in box sizes); inf if unknown."""
+    if a is None:
+        return math.inf
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 def iou(a: BBox, b: BBox) -> float:
@@ -61,7 +79,15 @@ class Track:
     identity_similarity: float = 0.0
     settled_unknown: bool = False  # settled as nobody known
     best_similarity: float = -1.0  # best similarity to anyone, over the track's life
+    # The latest identification of this face: its similarity to the settled identity (or to
+    # the best candidate), and whether it agreed with the identity. A name is shown only
+    # while the latest check agrees.
+    checked_similarity: float | None = None
+    confirmed: bool = False
+    checked_shape: tuple[float, ...] | None = None  # `shape` of the face when last identified
     announced: bool = False  # person_recognized / unknown_person_detected sent
+    greeted: str | None = None  # the person id announced on this track
+    frozen: bool = False  # left behind by a scene cut: never associated again
     motion: float = 0.0  # smoothed face widths per second
     stable_since: float | None = None
     hits: int = 1
@@ -84,6 +110,37 @@ class Tracker:
         self._next_id = 1
 
     # -- association -------------------------------------------------------------------------
+    def live(self) -> list[Track]:
+        """The tracks a detection may still be associated with (not frozen by a cut)."""
+        return [t for t in self.tracks.values() if not t.frozen]
+
+    def likely(self, det: Detection) -> Track | None:
+        """The live track this detection most overlaps (at least `min_iou`), if any."""
+        best, best_iou = None, self.settings.min_iou
+        for track in self.live():
+            overlap = iou(track.bbox, det.bbox)
+            if overlap >= best_iou:
+                best, best_iou = track, overlap
+        return best
+
+    def cut(self) -> int:
+        """The scene changed at once: freeze every track. Returns how many were frozen."""
+        live = self.live()
+        for track in live:
+            track.frozen = True
+        return len(live)
+
+    def replaces_faces(self, detections: Sequence[Detection], previous: Sequence[int]) -> bool:
+        """Most of the faces of the previous frame (at least two) are gone while new faces
+        appear elsewhere: a cut the picture alone may not show (same set, other people)."""
+        prior = [self.tracks[t] for t in previous if t in self.tracks and not self.tracks[t].frozen]
+        if len(prior) < 2:
+            return False
+        minimum = self.settings.min_iou
+        lost = sum(1 for t in prior if all(iou(t.bbox, d.bbox) < minimum for d in detections))
+        new = sum(1 for d in detections if all(iou(t.bbox, d.bbox) < minimum for t in self.live()))
+        return lost * 2 > len(prior) and new > 0
+
     def ambiguous(self, detections: Sequence[Detection]) -> set[int]:
         """Indexes of detections that overlap more than one track, or share a track with
         another detection: these need embeddings to be associated safely."""
@@ -91,7 +148,7 @@ class Tracker:
         out: set[int] = set()
         per_track: dict[int, list[int]] = {}
         for i, det in enumerate(detections):
-            hits = [t.id for t in self.tracks.values() if iou(t.bbox, det.bbox) >= minimum]
+            hits = [t.id for t in self.live() if iou(t.bbox, det.bbox) >= minimum]
             if len(hits) > 1:
                 out.add(i)
             for tid in hits:
@@ -112,7 +169,7 @@ class Tracker:
         cfg = self.settings
         pairs: list[tuple[float, int, int]] = []
         for i, det in enumerate(detections):
-            for track in self.tracks.values():
+            for track in self.live():
                 overlap = iou(track.bbox, det.bbox)
                 if overlap < cfg.min_iou:
                     continue
@@ -172,6 +229,25 @@ class Tracker:
         return gone
 
     # -- identity ------------------------------------------------------------------------------
+    def forget_identity(self, track: Track) -> None:
+        """Start the track's identification over (the gallery changed, or a cut)."""
+        track.votes.clear()
+        track.identity = None
+        track.settled_unknown = False
+        track.confirmed = False
+        track.checked_similarity = None
+        track.embedded_at = -math.inf
+
+    def adopt(self, track: Track, person_id: str, similarity: float) -> None:
+        """The track is this person (it was just registered): settled, confirmed."""
+        track.votes.clear()
+        track.votes.extend(Vote(person_id, similarity, 1.0) for _ in range(self.settings.min_votes))
+        track.identity = person_id
+        track.identity_similarity = similarity
+        track.checked_similarity = similarity
+        track.settled_unknown = False
+        track.confirmed = True
+
     def vote(self, track: Track, person_id: str | None, similarity: float, weight: float) -> None:
         """Add one identification and settle the track's identity if the votes agree."""
         cfg = self.settings

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="play files at their own fps, as a camera would (default: as fast as possible)",
     )
     p.add_argument("--loop", action="store_true", help="start a file source again at its end")
+    p.add_argument(
+        "--tracks",
+        action="store_true",
+        help="also print the faces of every processed frame (a `tracks` line: boxes, states,"
+        " names, similarities), e.g. to draw them or to audit what the gate showed",
+    )
     add("schema", live.cmd_schema, "print the JSON Schema of the events")
     p = add("serve", serve.cmd_serve, "serve the panel, REST and WebSocket API on the live source")
     p.add_argument(

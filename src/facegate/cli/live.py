@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from facegate.cli.common import EXIT_OK, Context
-from facegate.events import Event, data_of, json_schema, to_wire, type_name
+from facegate.events import Event, Tracks, data_of, json_schema, to_wire, type_name
 from facegate.store import Store, StoreError, StoreLockedError
 
 if TYPE_CHECKING:
@@ -29,10 +29,22 @@ def open_store_for_run(ctx: Context) -> tuple[Store, bool]:
 def _line(event: Event, as_json: bool) -> str:
     if as_json:
         return to_wire(event).decode()
+    if isinstance(event, Tracks):
+        faces = ", ".join(
+            f"#{t.track_id} {t.name if t.name else t.state}"
+            + (f" {t.similarity:.2f}" if t.similarity is not None else "")
+            for t in event.tracks
+        )
+        return f"frame {event.frame} t={event.frame_time:.3f}s tracks: {faces or '-'}"
     data = data_of(event)
     what = data.get("message") or data.get("state") or ""
     track = f" (track {data['track_id']})" if data.get("track_id") is not None else ""
     return f"{data['timestamp']} #{event.seq} {type_name(event)}: {what}{track}"
+
+
+def _write_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 async def _print(sub: Subscription, as_json: bool) -> None:
@@ -57,7 +69,11 @@ async def _run(ctx: Context, store: Store, writable: bool) -> int:
     analyzer = ctx.analyzer()
     gallery = Gallery.open(store, ctx.settings)
     loop = asyncio.get_running_loop()
-    bus = EventBus(first_seq=store.last_event_seq() + 1)
+    monitor = Monitor()
+    bus = EventBus(
+        first_seq=store.last_event_seq() + 1,
+        on_publish=lambda event: monitor.published(type_name(event)),
+    )
     bus.attach(loop)
     printer = bus.subscribe("stdout", maxsize=100_000)
     tasks = [asyncio.create_task(_print(printer, ctx.out.as_json))]
@@ -65,11 +81,24 @@ async def _run(ctx: Context, store: Store, writable: bool) -> int:
     if writable and ctx.settings.events.enabled:
         history = EventLog(store, ctx.settings.events, bus.subscribe("history", maxsize=10_000))
         tasks.append(asyncio.create_task(history.run()))
-    monitor = Monitor()
     capture = Capture(
         source, realtime=args.realtime, loop=args.loop, on_status=bus.publish_threadsafe
     )
-    engine = Engine(analyzer, gallery, ctx.settings, bus.publish_threadsafe, monitor=monitor)
+    on_tracks = None
+    if args.tracks:
+        as_json = ctx.out.as_json
+
+        def on_tracks(view: Tracks) -> None:  # the engine thread -> the loop, in order
+            loop.call_soon_threadsafe(_write_line, _line(view, as_json))
+
+    engine = Engine(
+        analyzer,
+        gallery,
+        ctx.settings,
+        bus.publish_threadsafe,
+        monitor=monitor,
+        on_tracks=on_tracks,
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, engine.stop)
     capture.start()

@@ -22,7 +22,7 @@ from pathlib import Path
 from facegate.bus import EventBus
 from facegate.engine import Engine
 from facegate.eventlog import EventLog
-from facegate.events import Event, SourceStatus
+from facegate.events import Event, SourceStatus, type_name
 from facegate.face import FaceAnalyzer
 from facegate.gallery import Gallery
 from facegate.monitor import Monitor
@@ -31,6 +31,7 @@ from facegate.registration import Observation
 from facegate.settings import Settings
 from facegate.sources import Capture, FrameSource
 from facegate.store import Store
+from facegate.unknowns import RecentUnknowns
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.25
@@ -52,8 +53,12 @@ class Runtime:
         self.analyzer_factory = analyzer_factory
         self.loop_source = loop_source
         self.started = time.monotonic()
-        self.bus = EventBus(capacity=4096)
         self.monitor = Monitor()
+        self.bus = EventBus(capacity=4096, on_publish=self._count)
+        # Strangers seen recently (memory only), for the operator.
+        self.unknowns = RecentUnknowns(
+            settings.engine.unknowns_kept, settings.engine.unknowns_keep_seconds
+        )
         self.store: Store | None = None
         self.gallery: Gallery | None = None
         self.engine: Engine | None = None
@@ -72,12 +77,19 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self.store = Store.open(self.data_dir)
         # Sequence numbers continue the history's, so `/api/events?since=SEQ` spans restarts.
-        self.bus = EventBus(capacity=4096, first_seq=self.store.last_event_seq() + 1)
+        self.bus = EventBus(
+            capacity=4096, first_seq=self.store.last_event_seq() + 1, on_publish=self._count
+        )
         self.bus.attach(loop)
         self.gallery = Gallery.open(self.store, self.settings)
         analyzer = self.analyzer_factory()
         self.engine = Engine(
-            analyzer, self.gallery, self.settings, self.bus.publish_threadsafe, monitor=self.monitor
+            analyzer,
+            self.gallery,
+            self.settings,
+            self.bus.publish_threadsafe,
+            monitor=self.monitor,
+            unknowns=self.unknowns,
         )
         self.registrar = Registrar(
             self.gallery, self.settings, self.bus.publish, engine=self.engine
@@ -96,6 +108,9 @@ class Runtime:
         )
         self.capture.start()
         self._engine_done = loop.run_in_executor(None, self.engine.run, self.capture)
+
+    def _count(self, event: Event) -> None:
+        self.monitor.published(type_name(event))
 
     def _to_loop(self, loop: asyncio.AbstractEventLoop, obs: Observation) -> None:
         registrar = self.registrar
