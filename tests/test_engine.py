@@ -392,6 +392,49 @@ def test_run_prints_events_and_exits_at_the_end_of_a_file(
     assert [e.seq for e in logged] == seqs
 
 
+def test_run_tracks_prints_the_faces_of_every_processed_frame(
+    shared_data: Path, tmp_path: Path, faceplugin_dir: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    env["FACEGATE_HOME"] = str(tmp_path / "data")
+    env["FACEGATE_ENGINE_STABLE_SECONDS"] = "0.5"
+    clip = shared_data / "video" / "intel_face-demographics-walking-and-pause.mp4"
+    out = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "run", "--source", str(clip), "--json", "--tracks"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [msgspec.json.decode(line) for line in out.stdout.splitlines()]
+    views = [line["data"] for line in lines if line["type"] == "tracks"]
+    frames = [v["frame"] for v in views]
+    assert frames == list(range(len(frames))) and len(frames) == 41  # every processed frame
+    assert all(v["width"] > 0 and v["height"] > 0 and v["threshold"] > 0 for v in views)
+    times = [v["frame_time"] for v in views]
+    assert times == sorted(times)
+    faces = [t for v in views for t in v["tracks"]]
+    assert faces and all(t["state"] in ("pending", "unknown") for t in faces)  # nobody enrolled
+    assert all(t["name"] is None and t["similarity"] is None for t in faces)
+    # Events are still there, and frame_time in events is the same stream time.
+    unknown = next(line["data"] for line in lines if line["type"] == "unknown_person_detected")
+    assert unknown["similarity"] is None and unknown["enrolled"] == 0
+    assert "no one enrolled yet" in unknown["message"]
+    assert unknown["frame_time"] in times
+    # Without --tracks: events only.
+    plain = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "run", "--source", str(clip), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert plain.returncode == 0 and '"tracks"' not in plain.stdout
+
+
 def test_run_stops_cleanly_on_sigterm(
     shared_data: Path, tmp_path: Path, faceplugin_dir: Path
 ) -> None:

@@ -31,6 +31,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from facegate.events import SystemReady
 from facegate.face import FaceAnalyzer
+from facegate.server.annotate import blank as blank_frame
 from facegate.server.annotate import jpeg, placeholder
 from facegate.server.app import STATIC, create_app
 from facegate.server.runtime import Runtime
@@ -614,6 +615,27 @@ def test_metrics_is_prometheus_text(client: TestClient) -> None:
     assert values["facegate_uptime_seconds"] >= 0
 
 
+def test_metrics_count_every_event_the_bus_published(app: tuple[TestClient, Runtime]) -> None:
+    """facegate_events_total is the bus's own count: engine events, registration events,
+    source status and anything else published, however many."""
+
+    def total() -> tuple[float, int]:
+        text = client.get("/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith("facegate_events_total "))
+        return float(line.split()[1]), runtime.bus.published
+
+    client, runtime = app
+    assert client.portal is not None
+    before, published_before = total()
+    assert before == published_before
+    n = 36
+    for i in range(n):
+        client.portal.call(runtime.bus.publish, SystemReady(message=f"counted {i}"))
+    after, published_after = total()
+    assert after - before == published_after - published_before >= n
+    assert after == published_after
+
+
 def test_snapshot_is_a_jpeg_of_the_video(serve: Serve, face_dir: Path) -> None:
     with serve(ImageFolderSource(face_dir, fps=10)) as (client, runtime):
         deadline = time.monotonic() + 5
@@ -835,5 +857,8 @@ def test_a_missing_camera_still_serves(serve: Serve) -> None:
         assert r.status_code == 200 and r.json()["source_state"] == "unavailable"
         snap = client.get("/snapshot.jpg")
         assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg"
-        assert snap.content == jpeg(placeholder("camera unavailable - retrying"))
+        # Plain: a blank frame (the panel says "camera unavailable" itself, once).
+        assert snap.content == jpeg(blank_frame())
+        drawn = client.get("/snapshot.jpg?overlay=1")
+        assert drawn.content == jpeg(placeholder("camera unavailable - retrying"))
         assert cv2.imdecode(np.frombuffer(snap.content, np.uint8), cv2.IMREAD_COLOR) is not None

@@ -610,12 +610,44 @@ class Store:
         finally:
             self._conn.execute("PRAGMA synchronous = FULL")
 
-    def events(self, since: int = 0, limit: int = 500) -> list[LoggedEvent]:
+    def events(
+        self,
+        since: int = 0,
+        limit: int = 500,
+        *,
+        before: int | None = None,
+        types: Sequence[str] = (),
+        person_id: str | None = None,
+    ) -> list[LoggedEvent]:
+        """Up to `limit` events: those after `since`, oldest first; or with `before`, those
+        before it, newest first (paging back through the history). `types` (any of these
+        type names) and `person_id` narrow them. Every value is a bound parameter."""
+        where = ["seq < ?" if before is not None else "seq > ?"]
+        params: list[Any] = [before if before is not None else since]
+        kinds = list(dict.fromkeys(types))
+        if kinds:
+            where.append(f"type IN ({', '.join('?' * len(kinds))})")
+            params += kinds
+        if person_id is not None:
+            where.append("person_id = ?")
+            params.append(person_id)
+        order = "DESC" if before is not None else "ASC"
         rows = self._execute(
-            "SELECT seq, at, type, person_id, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (since, limit),
+            "SELECT seq, at, type, person_id, data FROM events WHERE "
+            + " AND ".join(where)
+            + f" ORDER BY seq {order} LIMIT ?",
+            (*params, limit),
         ).fetchall()
         return [LoggedEvent(*row) for row in rows]
+
+    def last_seen(self, person_id: str) -> float | None:
+        """When the person was last recognised (unix time of the latest `person_recognized`
+        in the history), or None: never, or no longer in the history."""
+        value = self._scalar(
+            "SELECT max(at) FROM events WHERE person_id = ? AND type = 'person_recognized'",
+            (person_id,),
+        )
+        return None if value is None else float(value)
 
     def last_event_seq(self) -> int:
         return int(self._scalar("SELECT coalesce(max(seq), 0) FROM events"))

@@ -1,19 +1,24 @@
 """HTTP handlers: the original design's endpoints and the panel's API.
 
 Every error is JSON `{"error": ...}`: 400 bad input, 404 unknown ids, 409 refused
-enrolments, 413 uploads over the limit (BodyLimit), 415 image formats other than JPEG, PNG,
-WebP and BMP, 503 while the upload worker is full. Access, origins and content types are
-checked before any handler runs (security.Guard). Uploaded images are decoded and analysed
-on the upload worker's thread, never on the event loop.
+enrolments or registration offers, 413 uploads over the limit (BodyLimit), 415 image formats
+other than JPEG, PNG, WebP and BMP, 503 while the upload worker is full. Access, origins and
+content types are checked before any handler runs (security.Guard). Uploaded images are
+decoded and analysed on the upload worker's thread, never on the event loop.
+
+The video (`/video.mjpg`, `/snapshot.jpg`) is the camera's plain picture: the panel draws the
+boxes itself from the `tracks` WebSocket message. `?overlay=1` draws them on the server, from
+the faces of that very frame (`Engine.latest_view`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -24,7 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 
 from facegate import __version__
 from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal
-from facegate.events import json_schema
+from facegate.events import AnyEvent, Tracks, json_schema
 from facegate.face import Face, FaceAnalyzer, ImageArray
 from facegate.gallery import Gallery, Identification
 from facegate.images import (
@@ -36,9 +41,11 @@ from facegate.images import (
 )
 from facegate.names import InvalidNameError, clean_name
 from facegate.quality import QualityValidator
-from facegate.server.annotate import annotate, jpeg, placeholder
+from facegate.server.annotate import annotate, blank, jpeg, placeholder
 from facegate.server.uploads import UploadsBusyError, UploadWorker
-from facegate.store import ErasurePendingError, StoreError, UnknownPersonError
+from facegate.sources import Frame
+from facegate.store import ErasurePendingError, Person, Store, StoreError, UnknownPersonError
+from facegate.unknowns import UnknownFace
 
 if TYPE_CHECKING:
     from facegate.server.hub import Hub
@@ -51,6 +58,10 @@ MJPEG_FPS = 12.0
 
 MAX_SEQ = 2**63 - 1
 MAX_EVENTS = 1000
+MAX_TRACK_ID = 2**31
+MAX_PERSON_ID = 64
+MAX_TYPE_PARAM = 1024
+EVENT_TYPES = frozenset(str(kind.__struct_config__.tag) for kind in AnyEvent.__args__)
 
 
 def error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -170,9 +181,8 @@ def registration_decision(runtime: Runtime) -> Handler:
             return body
         if runtime.registrar is None:
             return error("not ready", 503)
-        client = f"http:{request.client.host if request.client else '?'}"
         try:
-            reply = runtime.registrar.decide(body.register, body.name, client)
+            reply = runtime.registrar.decide(body.register, body.name, _client(request))
         except InvalidNameError as exc:
             return error(str(exc), 400)
         return JSONResponse(
@@ -182,9 +192,104 @@ def registration_decision(runtime: Runtime) -> Handler:
     return handler
 
 
-def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
-    assert runtime.store is not None
-    p = runtime.store.person(person_id)
+def _client(request: Request) -> str:
+    return f"http:{request.client.host if request.client else '?'}"
+
+
+class OfferBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    track_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_TRACK_ID)]
+    name: str | None = None
+
+
+def registration(runtime: Runtime) -> Handler:
+    """`POST /api/registration {"track_id": 7, "name": "Ada" | null}`: offer a face in view
+    for registration (again: after "Not now", a timeout or a failed capture)."""
+
+    async def handler(request: Request) -> Response:
+        body = await _json_body(request, OfferBody)
+        if isinstance(body, JSONResponse):
+            return body
+        if body.name is not None and body.name.strip():
+            try:  # refused before the registrar is asked, whatever the face's state
+                clean_name(body.name)
+            except InvalidNameError as exc:
+                return error(f"`name`: {exc}", 400)
+        registrar = runtime.registrar
+        if registrar is None:
+            return error("not ready", 503)
+        try:
+            reply = registrar.offer(body.track_id, body.name, client=_client(request))
+        except InvalidNameError as exc:
+            return error(f"`name`: {exc}", 400)
+        if reply.ok:
+            return JSONResponse({"ok": True, "message": reply.message})
+        status = 404 if reply.message.startswith("not in view") else 409
+        return JSONResponse(
+            {"ok": False, "message": reply.message, "error": reply.message}, status_code=status
+        )
+
+    return handler
+
+
+# -- recent unknown faces --------------------------------------------------------------------
+def _track_id(request: Request) -> int | JSONResponse:
+    raw = request.path_params["track_id"]
+    if not (
+        isinstance(raw, str)
+        and raw.isascii()
+        and raw.isdigit()
+        and len(raw) <= 10
+        and 1 <= int(raw) <= MAX_TRACK_ID
+    ):
+        return error(f"a track id is an integer from 1 to {MAX_TRACK_ID}", 400)
+    return int(raw)
+
+
+def _unknown_json(face: UnknownFace) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(face)
+    data["thumbnail"] = f"/api/unknowns/{face.track_id}/thumbnail" if face.has_thumbnail else None
+    return data
+
+
+def unknowns(runtime: Runtime) -> Handler:
+    async def handler(request: Request) -> Response:
+        return JSONResponse([_unknown_json(u) for u in runtime.unknowns.list()])
+
+    return handler
+
+
+def unknown(runtime: Runtime) -> Handler:
+    """`DELETE /api/unknowns/{track_id}`: dismiss the face (off the list, no more prompts)."""
+
+    async def handler(request: Request) -> Response:
+        track_id = _track_id(request)
+        if isinstance(track_id, JSONResponse):
+            return track_id
+        if not runtime.unknowns.dismiss(track_id):
+            return error(f"no recent unknown face #{track_id}", 404)
+        return JSONResponse({"track_id": track_id, "dismissed": True})
+
+    return handler
+
+
+def unknown_thumbnail(runtime: Runtime) -> Handler:
+    async def handler(request: Request) -> Response:
+        track_id = _track_id(request)
+        if isinstance(track_id, JSONResponse):
+            return track_id
+        data = runtime.unknowns.thumbnail(track_id)
+        if data is None:
+            known = runtime.unknowns.get(track_id) is not None
+            what = "no thumbnail for this face" if known else "no recent unknown face"
+            return error(f"{what} #{track_id}", 404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    return handler
+
+
+# -- persons ---------------------------------------------------------------------------------
+def _person_dict(store: Store, p: Person) -> dict[str, Any]:
+    seen = store.last_seen(p.id)
     return {
         "person_id": p.id,
         "name": p.name,
@@ -193,7 +298,13 @@ def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
         "poses": p.poses,
         "created_at": _iso(p.created_at),
         "updated_at": _iso(p.updated_at),
+        "last_seen": None if seen is None else _iso(seen),
     }
+
+
+def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
+    assert runtime.store is not None
+    return _person_dict(runtime.store, runtime.store.person(person_id))
 
 
 async def _incomplete_multipart(request: Request) -> JSONResponse | None:
@@ -243,7 +354,7 @@ def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
         store, gallery = runtime.store, runtime.gallery
         assert store is not None and gallery is not None
         if request.method == "GET":
-            return JSONResponse([_person_json(runtime, p.id) for p in store.persons()])
+            return JSONResponse([_person_dict(store, p) for p in store.persons()])
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
         if (broken := await _incomplete_multipart(request)) is not None:
             return broken
@@ -261,27 +372,78 @@ def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
             return error("at least one photo in field `files` is required", 400)
         if (unsupported := _unsupported(files)) is not None:
             return unsupported
-        enroller = PhotoEnroller(
-            gallery,
-            runtime.upload_analyzer(),
-            QualityValidator(runtime.settings.quality),
-            thumbnails=runtime.settings.store.thumbnails,
-        )
         try:
-            result, decoded = await uploads.run(_enrol, enroller, files, name, force)
+            result, decoded = await uploads.run(
+                _enrol, _enroller(runtime, gallery), files, name, force
+            )
         except UploadsBusyError as exc:
             return error(str(exc), 503, {"Retry-After": "1"})
-        status = 201 if result.person_id else (400 if not decoded else 409)
-        return JSONResponse(msgspec.to_builtins(result), status_code=status)
+        return _enrolled(result, decoded)
 
     return handler
 
 
+def person_photos(runtime: Runtime, uploads: UploadWorker) -> Handler:
+    """`POST /api/persons/{person_id}/photos` (multipart `files`, optional `force`): more
+    photos of a known person, refused one by one as `POST /api/persons` refuses them."""
+
+    async def handler(request: Request) -> Response:
+        store, gallery = runtime.store, runtime.gallery
+        assert store is not None and gallery is not None
+        pid = request.path_params["person_id"]
+        try:
+            store.person(pid)
+        except UnknownPersonError as exc:
+            return error(str(exc), 404)
+        limit = int(runtime.settings.server.max_upload_mb * 2**20)
+        if (broken := await _incomplete_multipart(request)) is not None:
+            return broken
+        async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
+            files = await _read(_uploads(form, "files"))
+            force = str(form.get("force") or "").lower() in ("1", "true", "yes")
+        if not files:
+            return error("at least one photo in field `files` is required", 400)
+        if (unsupported := _unsupported(files)) is not None:
+            return unsupported
+        try:
+            result, decoded = await uploads.run(
+                _enrol, _enroller(runtime, gallery), files, None, force, pid
+            )
+        except UploadsBusyError as exc:
+            return error(str(exc), 503, {"Retry-After": "1"})
+        except UnknownPersonError as exc:  # erased while the photos were analysed
+            return error(str(exc), 404)
+        return _enrolled(result, decoded)
+
+    return handler
+
+
+def _enroller(runtime: Runtime, gallery: Gallery) -> PhotoEnroller:
+    return PhotoEnroller(
+        gallery,
+        runtime.upload_analyzer(),
+        QualityValidator(runtime.settings.quality),
+        thumbnails=runtime.settings.store.thumbnails,
+    )
+
+
+def _enrolled(result: EnrolResult, decoded: int) -> JSONResponse:
+    """201 when photos were stored; else 400 when none could even be decoded, 409 when the
+    decoded ones were refused (no face, quality, already enrolled as someone else)."""
+    status = 201 if result.person_id else (400 if not decoded else 409)
+    return JSONResponse(msgspec.to_builtins(result), status_code=status)
+
+
 def _enrol(
-    enroller: PhotoEnroller, files: list[tuple[str, bytes | None]], name: str, force: bool
+    enroller: PhotoEnroller,
+    files: list[tuple[str, bytes | None]],
+    name: str | None,
+    force: bool,
+    person_id: str | None = None,
 ) -> tuple[EnrolResult, int]:
     """On the upload worker: each photo is decoded only when it is analysed (one decoded
-    image in memory at a time). Returns the result and how many photos could be decoded."""
+    image in memory at a time). A new person `name`, or more photos of `person_id`.
+    Returns the result and how many photos could be decoded."""
     refused: list[Refusal] = []
     decoded = 0
 
@@ -299,7 +461,9 @@ def _enrol(
             decoded += 1
             yield label, image
 
-    result = enroller.enrol(images(), name=name, force=force, actor="api", refused=refused)
+    result = enroller.enrol(
+        images(), name=name, person_id=person_id, force=force, actor="api", refused=refused
+    )
     return result, decoded
 
 
@@ -406,15 +570,55 @@ def _identify(
     return faces, (gallery.identify(np.stack(vectors)) if vectors else [])
 
 
+def _event_types(values: list[str]) -> tuple[str, ...]:
+    """`type=a,b` (or `type=a&type=b`): known event type names; ValueError naming the first
+    unknown one."""
+    if not values:
+        return ()
+    raw = ",".join(values)
+    if len(raw) > MAX_TYPE_PARAM:
+        raise ValueError(f"`type` is longer than {MAX_TYPE_PARAM} characters")
+    names = [n for n in (part.strip() for part in raw.split(",")) if n]
+    if not names:
+        raise ValueError("`type` names no event type")
+    for name in names:
+        if name not in EVENT_TYPES:
+            raise ValueError(
+                f"`type`: unknown event type {name[:64]!r}; known types:"
+                f" {', '.join(sorted(EVENT_TYPES))}"
+            )
+    return tuple(dict.fromkeys(names))
+
+
 def events(runtime: Runtime) -> Handler:
+    """`GET /api/events`: `since=SEQ` (after it, oldest first; the default) or `before=SEQ`
+    (before it, newest first: paging back), `limit`, `type=a,b`, `person_id=ID`."""
+
     async def handler(request: Request) -> Response:
         assert runtime.store is not None
+        query = request.query_params
         try:
+            if "since" in query and "before" in query:
+                raise ValueError(
+                    "give `since` (newer events, oldest first) or `before` (older events,"
+                    " newest first), not both"
+                )
             since = bounded_int(request, "since", 0, 0, MAX_SEQ)
+            before = bounded_int(request, "before", MAX_SEQ, 0, MAX_SEQ)
             limit = bounded_int(request, "limit", 500, 1, MAX_EVENTS)
+            types = _event_types(query.getlist("type"))
+            person_id = query.get("person_id")
+            if person_id is not None and not 1 <= len(person_id) <= MAX_PERSON_ID:
+                raise ValueError(f"`person_id` must be 1 to {MAX_PERSON_ID} characters")
         except ValueError as exc:
             return error(str(exc), 400)
-        rows = runtime.store.events(since, limit)
+        rows = runtime.store.events(
+            since,
+            limit,
+            before=before if "before" in query else None,
+            types=types,
+            person_id=person_id,
+        )
         body = b"[" + b",".join(r.data.encode() for r in rows) + b"]"
         return Response(body, media_type="application/json")
 
@@ -424,9 +628,17 @@ def events(runtime: Runtime) -> Handler:
 def stats(runtime: Runtime, hub: Hub) -> Handler:
     async def handler(request: Request) -> Response:
         store = runtime.store
+        monitor = runtime.monitor.snapshot()
         return JSONResponse(
             {
-                "monitor": msgspec.to_builtins(runtime.monitor.snapshot()),
+                "source": {
+                    "name": runtime.source.name,
+                    "state": runtime.source_state,
+                    "capture_fps": round(monitor.capture_fps, 2),
+                    "processed_fps": round(monitor.processed_fps, 2),
+                    "frames_dropped": monitor.frames_dropped,
+                },
+                "monitor": msgspec.to_builtins(monitor),
                 "websocket_connections": len(hub),
                 "websocket_disconnected_slow": hub.disconnected_slow,
                 "persons": runtime.gallery.person_count if runtime.gallery else 0,
@@ -458,10 +670,31 @@ def metrics(runtime: Runtime, hub: Hub) -> Handler:
     return handler
 
 
-def _current_jpeg(runtime: Runtime) -> bytes:
+def overlay_of(request: Request) -> bool:
+    """`?overlay=1`: boxes drawn by the server; `0` or absent: the plain picture."""
+    values = request.query_params.getlist("overlay")
+    if len(values) > 1 or (values and values[0] not in ("0", "1")):
+        raise ValueError("`overlay` must be given once, as 1 (boxes drawn) or 0 (plain)")
+    return values == ["1"]
+
+
+@functools.cache
+def _blank_jpeg() -> bytes:
+    return jpeg(blank())
+
+
+def _latest(runtime: Runtime, overlay: bool) -> tuple[Frame | None, Tracks | None]:
     engine = runtime.engine
-    frame = engine.latest_frame if engine else None
-    if engine is None or frame is None or runtime.gallery is None:
+    if engine is None:
+        return None, None
+    view = engine.latest_view if overlay else None
+    return engine.latest_frame, view
+
+
+def _render(runtime: Runtime, frame: Frame | None, view: Tracks | None, overlay: bool) -> bytes:
+    if frame is None:
+        if not overlay:  # the panel shows the camera's state itself
+            return _blank_jpeg()
         state = runtime.source_state
         return jpeg(
             placeholder(
@@ -470,26 +703,49 @@ def _current_jpeg(runtime: Runtime) -> bytes:
                 else f"no video yet ({state})"
             )
         )
-    return jpeg(annotate(frame.image, engine.latest_tracks, runtime.gallery, engine.registering))
+    return jpeg(annotate(frame.image, view) if overlay else frame.image)
 
 
 def snapshot(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
-        data = await asyncio.to_thread(_current_jpeg, runtime)
+        try:
+            overlay = overlay_of(request)
+        except ValueError as exc:
+            return error(str(exc), 400)
+        frame, view = _latest(runtime, overlay)
+        data = await asyncio.to_thread(_render, runtime, frame, view, overlay)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     return handler
 
 
 def video(runtime: Runtime) -> Handler:
+    # The latest frame's JPEG per mode, encoded once for all the clients of the stream.
+    encoded: dict[bool, tuple[Frame, Tracks | None, bytes]] = {}
+
+    def jpeg_of(frame: Frame | None, view: Tracks | None, overlay: bool) -> bytes:
+        if frame is None:
+            return _render(runtime, frame, view, overlay)
+        hit = encoded.get(overlay)
+        if hit is not None and hit[0] is frame and hit[1] is view:
+            return hit[2]
+        data = _render(runtime, frame, view, overlay)
+        encoded[overlay] = (frame, view, data)
+        return data
+
     async def handler(request: Request) -> Response:
+        try:
+            overlay = overlay_of(request)
+        except ValueError as exc:
+            return error(str(exc), 400)
+
         async def frames() -> AsyncIterator[bytes]:
             last = None
             while not runtime.closing.is_set() and not await request.is_disconnected():
-                frame = runtime.engine.latest_frame if runtime.engine else None
+                frame, view = _latest(runtime, overlay)
                 if frame is None or frame is not last:
                     last = frame
-                    data = await asyncio.to_thread(_current_jpeg, runtime)
+                    data = await asyncio.to_thread(jpeg_of, frame, view, overlay)
                     yield (
                         b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                         + str(len(data)).encode()

@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from facegate.events import Tracks
 from facegate.names import InvalidNameError
 from facegate.server import api
 from facegate.server.access import MESSAGES, ROUTES, Role, Tokens
@@ -38,6 +39,7 @@ from facegate.server.protocol import (
     Ping,
     Pong,
     RegistrationDecision,
+    RegistrationTyping,
     ResetSystem,
     decode_client,
 )
@@ -146,6 +148,19 @@ def create_app(runtime: Runtime) -> Starlette:
             # The throttle is the loop's; only the writing goes to a thread.
             await asyncio.to_thread(store_audit, throttle.drain())
 
+    async def send_tracks() -> None:
+        """The faces of the latest processed frame to every client, at most
+        `tracks_per_second`; a frame without faces once, when the last face goes."""
+        last: Tracks | None = None
+        while True:
+            await asyncio.sleep(1.0 / server.tracks_per_second)
+            view = runtime.engine.latest_view if runtime.engine is not None else None
+            if view is None or view is last:
+                continue
+            if view.tracks or (last is not None and last.tracks):
+                hub.broadcast(view)
+            last = view
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
@@ -153,6 +168,7 @@ def create_app(runtime: Runtime) -> Starlette:
             asyncio.create_task(hub.run(runtime.bus.subscribe("websockets", maxsize=8192))),
             asyncio.create_task(hub.reap()),
             asyncio.create_task(audit_writer()),
+            asyncio.create_task(send_tracks()),
         ]
         try:
             yield
@@ -215,9 +231,18 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/get_user_response", api.get_user_response(runtime)),
         Route("/reset_system", api.reset_system(runtime), methods=["POST"]),
         Route("/registration_decision", api.registration_decision(runtime), methods=["POST"]),
+        Route("/api/registration", api.registration(runtime), methods=["POST"]),
+        Route("/api/unknowns", api.unknowns(runtime)),
+        Route("/api/unknowns/{track_id}", api.unknown(runtime), methods=["DELETE"]),
+        Route("/api/unknowns/{track_id}/thumbnail", api.unknown_thumbnail(runtime)),
         Route("/api/persons", api.persons(runtime, uploads), methods=["GET", "POST"]),
         Route("/api/persons/{person_id}", api.person(runtime), methods=["GET", "PATCH", "DELETE"]),
         Route("/api/persons/{person_id}/thumbnail", api.thumbnail(runtime)),
+        Route(
+            "/api/persons/{person_id}/photos",
+            api.person_photos(runtime, uploads),
+            methods=["POST"],
+        ),
         Route("/api/identify", api.identify(runtime, uploads), methods=["POST"]),
         Route("/api/events", api.events(runtime)),
         Route("/api/stats", api.stats(runtime, hub)),
@@ -330,6 +355,11 @@ def _dispatch(
                 reply = registrar.decide(data.register, data.name, client)
             except InvalidNameError as exc:
                 return DecisionResult(ok=False, message=str(exc))
+            return DecisionResult(ok=reply.ok, message=reply.message)
+        case RegistrationTyping():
+            if registrar is None:
+                return DecisionResult(ok=False, message="not ready")
+            reply = registrar.typing(client)
             return DecisionResult(ok=reply.ok, message=reply.message)
 
 
