@@ -347,16 +347,16 @@ def test_an_image_bomb_is_refused_from_its_header(build: Build) -> None:
 def test_uploads_are_decoded_off_the_event_loop(
     build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from facegate.server import api
+    from facegate.server import persons
 
     threads: list[str] = []
-    original = api.decode_image
+    original = persons.decode_image
 
     def recording(data: bytes, name: str = "image") -> ImageArray:
         threads.append(threading.current_thread().name)
         return original(data, name)
 
-    monkeypatch.setattr(api, "decode_image", recording)
+    monkeypatch.setattr(persons, "decode_image", recording)
     with build() as (client, _):
         r = client.post("/api/identify", files={"file": ("a.jpg", jpeg_bytes(), "image/jpeg")})
         assert r.status_code == 200 and r.json() == {"faces": []}
@@ -368,16 +368,16 @@ def test_uploads_are_decoded_off_the_event_loop(
 
 
 def test_a_full_upload_queue_is_503(build: Build, monkeypatch: pytest.MonkeyPatch) -> None:
-    from facegate.server import api
+    from facegate.server import persons
 
     release = threading.Event()
-    original = api.decode_image
+    original = persons.decode_image
 
     def slow(data: bytes, name: str = "image") -> ImageArray:
         release.wait(10)
         return original(data, name)
 
-    monkeypatch.setattr(api, "decode_image", slow)
+    monkeypatch.setattr(persons, "decode_image", slow)
     with build(server={"max_pending_uploads": 2}) as (client, _):
         results: list[int] = []
 

@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from facegate.events import Tracks
 from facegate.names import InvalidNameError
-from facegate.server import api
+from facegate.server import api, persons, unknown_faces, video
 from facegate.server.access import MESSAGES, ROUTES, Role, Tokens
 from facegate.server.hub import Hub, close_quietly
 from facegate.server.protocol import (
@@ -232,24 +232,28 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/reset_system", api.reset_system(runtime), methods=["POST"]),
         Route("/registration_decision", api.registration_decision(runtime), methods=["POST"]),
         Route("/api/registration", api.registration(runtime), methods=["POST"]),
-        Route("/api/unknowns", api.unknowns(runtime)),
-        Route("/api/unknowns/{track_id}", api.unknown(runtime), methods=["DELETE"]),
-        Route("/api/unknowns/{track_id}/thumbnail", api.unknown_thumbnail(runtime)),
-        Route("/api/persons", api.persons(runtime, uploads), methods=["GET", "POST"]),
-        Route("/api/persons/{person_id}", api.person(runtime), methods=["GET", "PATCH", "DELETE"]),
-        Route("/api/persons/{person_id}/thumbnail", api.thumbnail(runtime)),
+        Route("/api/unknowns", unknown_faces.unknowns(runtime)),
+        Route("/api/unknowns/{track_id}", unknown_faces.unknown(runtime), methods=["DELETE"]),
+        Route("/api/unknowns/{track_id}/thumbnail", unknown_faces.unknown_thumbnail(runtime)),
+        Route("/api/persons", persons.persons(runtime, uploads), methods=["GET", "POST"]),
+        Route(
+            "/api/persons/{person_id}",
+            persons.person(runtime),
+            methods=["GET", "PATCH", "DELETE"],
+        ),
+        Route("/api/persons/{person_id}/thumbnail", persons.thumbnail(runtime)),
         Route(
             "/api/persons/{person_id}/photos",
-            api.person_photos(runtime, uploads),
+            persons.person_photos(runtime, uploads),
             methods=["POST"],
         ),
-        Route("/api/identify", api.identify(runtime, uploads), methods=["POST"]),
+        Route("/api/identify", persons.identify(runtime, uploads), methods=["POST"]),
         Route("/api/events", api.events(runtime)),
         Route("/api/stats", api.stats(runtime, hub)),
         Route("/api/schema", api.schema),
         Route("/metrics", api.metrics(runtime, hub)),
-        Route("/snapshot.jpg", api.snapshot(runtime)),
-        Route("/video.mjpg", api.video(runtime)),
+        Route("/snapshot.jpg", video.snapshot(runtime)),
+        Route("/video.mjpg", video.video(runtime)),
         WebSocketRoute("/ws", ws_endpoint),
     ]
     if STATIC.is_dir():

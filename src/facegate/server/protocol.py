@@ -34,9 +34,7 @@ class RegistrationDecision(
     data: DecisionData
 
 
-class RegistrationTyping(
-    msgspec.Struct, frozen=True, tag="registration_typing", tag_field="type"
-):
+class RegistrationTyping(msgspec.Struct, frozen=True, tag="registration_typing", tag_field="type"):
     """The operator is typing a name into the registration prompt: its deadline is extended
     (once per prompt), so the question does not vanish under their fingers."""
 

@@ -1,0 +1,322 @@
+"""HTTP handlers for the gallery: persons (list, enrol, rename, erase), their photos and
+thumbnails, and identifying the faces of an uploaded photo.
+
+Errors are JSON `{"error": ...}`: 400 bad input, 404 unknown ids, 409 refused enrolments,
+413 uploads over the limit (BodyLimit), 415 image formats other than JPEG, PNG, WebP and BMP,
+503 while the upload worker is full. Uploaded images are decoded and analysed on the upload
+worker's thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal
+from facegate.face import Face, FaceAnalyzer, ImageArray
+from facegate.gallery import Gallery, Identification
+from facegate.images import (
+    ACCEPTED_FORMATS,
+    ImageError,
+    UnsupportedImageError,
+    accepted_format,
+    decode_image,
+)
+from facegate.names import InvalidNameError, clean_name
+from facegate.quality import QualityValidator
+from facegate.server.api import Handler, _iso, _json_body, error
+from facegate.server.uploads import UploadsBusyError, UploadWorker
+from facegate.store import ErasurePendingError, Person, Store, StoreError, UnknownPersonError
+
+if TYPE_CHECKING:
+    from facegate.server.runtime import Runtime
+
+
+def _person_dict(store: Store, p: Person) -> dict[str, Any]:
+    seen = store.last_seen(p.id)
+    return {
+        "person_id": p.id,
+        "name": p.name,
+        "note": p.note,
+        "embeddings": p.embeddings,
+        "poses": p.poses,
+        "created_at": _iso(p.created_at),
+        "updated_at": _iso(p.updated_at),
+        "last_seen": None if seen is None else _iso(seen),
+    }
+
+
+def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
+    assert runtime.store is not None
+    return _person_dict(runtime.store, runtime.store.person(person_id))
+
+
+async def _incomplete_multipart(request: Request) -> JSONResponse | None:
+    """400 for a multipart body without its closing boundary. The parser would drop the cut
+    part silently (and leave its temporary file open); the body is bounded by the upload
+    limit, so reading it whole first is cheap, and the form is then parsed from it."""
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        return error("multipart body without a boundary parameter", 400)
+    body, closing = await request.body(), b"--" + boundary + b"--"
+    if not (body.startswith(closing) or b"\r\n" + closing in body):
+        return error("truncated multipart body (no closing boundary)", 400)
+    return None
+
+
+def _uploads(form: Any, field: str) -> list[tuple[str, UploadFile | str]]:
+    return [
+        ((item.filename or "upload") if isinstance(item, UploadFile) else "field", item)
+        for item in form.getlist(field)
+    ]
+
+
+async def _read(items: list[tuple[str, UploadFile | str]]) -> list[tuple[str, bytes | None]]:
+    """The bytes of each uploaded file (None for a part that is not a file)."""
+    return [
+        (label, await item.read() if isinstance(item, UploadFile) else None)
+        for label, item in items
+    ]
+
+
+def _unsupported(files: list[tuple[str, bytes | None]]) -> JSONResponse | None:
+    """415 when any file is of a format that is not accepted (nothing is analysed then)."""
+    for label, data in files:
+        if data:
+            try:
+                accepted_format(data, label)
+            except UnsupportedImageError as exc:
+                return JSONResponse(
+                    {"error": str(exc), "accepted": list(ACCEPTED_FORMATS)}, status_code=415
+                )
+    return None
+
+
+def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
+    async def handler(request: Request) -> Response:
+        store, gallery = runtime.store, runtime.gallery
+        assert store is not None and gallery is not None
+        if request.method == "GET":
+            return JSONResponse([_person_dict(store, p) for p in store.persons()])
+        limit = int(runtime.settings.server.max_upload_mb * 2**20)
+        if (broken := await _incomplete_multipart(request)) is not None:
+            return broken
+        async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
+            raw_name = form.get("name") or ""
+            if not isinstance(raw_name, str):
+                return error("field `name` must be text, not a file", 400)
+            try:
+                name = clean_name(raw_name)
+            except InvalidNameError as exc:
+                return error(f"field `name`: {exc}", 400)
+            files = await _read(_uploads(form, "files"))
+            force = str(form.get("force") or "").lower() in ("1", "true", "yes")
+        if not files:
+            return error("at least one photo in field `files` is required", 400)
+        if (unsupported := _unsupported(files)) is not None:
+            return unsupported
+        try:
+            result, decoded = await uploads.run(
+                _enrol, _enroller(runtime, gallery), files, name, force
+            )
+        except UploadsBusyError as exc:
+            return error(str(exc), 503, {"Retry-After": "1"})
+        return _enrolled(result, decoded)
+
+    return handler
+
+
+def person_photos(runtime: Runtime, uploads: UploadWorker) -> Handler:
+    """`POST /api/persons/{person_id}/photos` (multipart `files`, optional `force`): more
+    photos of a known person, refused one by one as `POST /api/persons` refuses them."""
+
+    async def handler(request: Request) -> Response:
+        store, gallery = runtime.store, runtime.gallery
+        assert store is not None and gallery is not None
+        pid = request.path_params["person_id"]
+        try:
+            store.person(pid)
+        except UnknownPersonError as exc:
+            return error(str(exc), 404)
+        limit = int(runtime.settings.server.max_upload_mb * 2**20)
+        if (broken := await _incomplete_multipart(request)) is not None:
+            return broken
+        async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
+            files = await _read(_uploads(form, "files"))
+            force = str(form.get("force") or "").lower() in ("1", "true", "yes")
+        if not files:
+            return error("at least one photo in field `files` is required", 400)
+        if (unsupported := _unsupported(files)) is not None:
+            return unsupported
+        try:
+            result, decoded = await uploads.run(
+                _enrol, _enroller(runtime, gallery), files, None, force, pid
+            )
+        except UploadsBusyError as exc:
+            return error(str(exc), 503, {"Retry-After": "1"})
+        except UnknownPersonError as exc:  # erased while the photos were analysed
+            return error(str(exc), 404)
+        return _enrolled(result, decoded)
+
+    return handler
+
+
+def _enroller(runtime: Runtime, gallery: Gallery) -> PhotoEnroller:
+    return PhotoEnroller(
+        gallery,
+        runtime.upload_analyzer(),
+        QualityValidator(runtime.settings.quality),
+        thumbnails=runtime.settings.store.thumbnails,
+    )
+
+
+def _enrolled(result: EnrolResult, decoded: int) -> JSONResponse:
+    """201 when photos were stored; else 400 when none could even be decoded, 409 when the
+    decoded ones were refused (no face, quality, already enrolled as someone else)."""
+    status = 201 if result.person_id else (400 if not decoded else 409)
+    return JSONResponse(msgspec.to_builtins(result), status_code=status)
+
+
+def _enrol(
+    enroller: PhotoEnroller,
+    files: list[tuple[str, bytes | None]],
+    name: str | None,
+    force: bool,
+    person_id: str | None = None,
+) -> tuple[EnrolResult, int]:
+    """On the upload worker: each photo is decoded only when it is analysed (one decoded
+    image in memory at a time). A new person `name`, or more photos of `person_id`.
+    Returns the result and how many photos could be decoded."""
+    refused: list[Refusal] = []
+    decoded = 0
+
+    def images() -> Iterator[tuple[str, ImageArray]]:
+        nonlocal decoded
+        for label, data in files:
+            if data is None:
+                refused.append(Refusal(label, "not a file"))
+                continue
+            try:
+                image = decode_image(data, label)
+            except ImageError as exc:
+                refused.append(Refusal(label, str(exc)))
+                continue
+            decoded += 1
+            yield label, image
+
+    result = enroller.enrol(
+        images(), name=name, person_id=person_id, force=force, actor="api", refused=refused
+    )
+    return result, decoded
+
+
+class RenameBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+
+
+def person(runtime: Runtime) -> Handler:
+    async def handler(request: Request) -> Response:
+        gallery = runtime.gallery
+        assert gallery is not None
+        pid = request.path_params["person_id"]
+        try:
+            if request.method == "GET":
+                return JSONResponse(_person_json(runtime, pid))
+            if request.method == "PATCH":
+                body = await _json_body(request, RenameBody)
+                if isinstance(body, JSONResponse):
+                    return body
+                try:
+                    name = clean_name(body.name)
+                except InvalidNameError as exc:
+                    return error(f"`name`: {exc}", 400)
+                gallery.rename(pid, name, actor="api")
+                return JSONResponse(_person_json(runtime, pid))
+            removed = await asyncio.to_thread(gallery.delete_person, pid, actor="api")
+            return JSONResponse(
+                {"person_id": pid, "deleted": True, "embeddings": removed, "erased_on_disk": True}
+            )
+        except UnknownPersonError as exc:
+            return error(str(exc), 404)
+        except ErasurePendingError as exc:
+            return JSONResponse(
+                {"person_id": pid, "deleted": True, "erased_on_disk": False, "warning": str(exc)}
+            )
+        except StoreError as exc:
+            return error(str(exc), 400)
+
+    return handler
+
+
+def thumbnail(runtime: Runtime) -> Handler:
+    async def handler(request: Request) -> Response:
+        assert runtime.store is not None
+        try:
+            data = runtime.store.thumbnail(request.path_params["person_id"])
+        except UnknownPersonError as exc:
+            return error(str(exc), 404)
+        if data is None:
+            return error("no thumbnail for this person", 404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    return handler
+
+
+def identify(runtime: Runtime, uploads: UploadWorker) -> Handler:
+    async def handler(request: Request) -> Response:
+        gallery = runtime.gallery
+        assert gallery is not None
+        limit = int(runtime.settings.server.max_upload_mb * 2**20)
+        if (broken := await _incomplete_multipart(request)) is not None:
+            return broken
+        async with request.form(max_files=1, max_fields=5, max_part_size=limit) as form:
+            files = await _read(_uploads(form, "file"))
+        if len(files) != 1 or files[0][1] is None:
+            return error("a photo in field `file` is required", 400)
+        if (unsupported := _unsupported(files)) is not None:
+            return unsupported
+        label, data = files[0]
+        assert data is not None
+        try:
+            faces, found = await uploads.run(
+                _identify, runtime.upload_analyzer(), gallery, data, label
+            )
+        except UploadsBusyError as exc:
+            return error(str(exc), 503, {"Retry-After": "1"})
+        except ImageError as exc:
+            return error(str(exc), 400)
+        return JSONResponse(
+            {
+                "faces": [
+                    {
+                        "bbox": [round(v, 1) for v in f.bbox],
+                        "decision": r.decision,
+                        "person_id": r.person_id,
+                        "name": r.name,
+                        "similarity": r.similarity,
+                        "runner_up": msgspec.to_builtins(r.runner_up) if r.runner_up else None,
+                    }
+                    for f, r in zip(faces, found, strict=True)
+                ]
+            }
+        )
+
+    return handler
+
+
+def _identify(
+    analyzer: FaceAnalyzer, gallery: Gallery, data: bytes, label: str
+) -> tuple[list[Face], list[Identification]]:
+    """On the upload worker: decode, analyse, search."""
+    faces = [f for f in analyzer.analyze(decode_image(data, label)) if f.embedding is not None]
+    vectors = [f.embedding for f in faces if f.embedding is not None]
+    return faces, (gallery.identify(np.stack(vectors)) if vectors else [])
