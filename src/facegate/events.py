@@ -208,7 +208,6 @@ REGISTRATION: tuple[type[Event], ...] = (
 )
 
 
-
 # -- the faces of a frame (not an event) --------------------------------------------------------
 TrackState = Literal["pending", "known", "unknown", "registering"]
 

@@ -130,7 +130,9 @@ def _pose_windows() -> dict[str, PoseWindow]:
     # around their own steady front). up/down allow the turn people add when they tilt
     # (held-out faces read yaw up to 27 deg looking straight up).
     return {
-        "front": PoseWindow(yaw=[-25.0, 25.0], pitch=[-25.0, 25.0]),
+        # The person's own steady front must lie here; the other windows are measured from it
+        # and must stay reachable within the enrolment gate (|yaw| <= 50, |pitch| <= 40).
+        "front": PoseWindow(yaw=[-20.0, 20.0], pitch=[-15.0, 15.0]),
         "left": PoseWindow(yaw=[-45.0, -20.0], pitch=[-15.0, 15.0]),
         "right": PoseWindow(yaw=[20.0, 45.0], pitch=[-15.0, 15.0]),
         "up": PoseWindow(yaw=[-30.0, 30.0], pitch=[15.0, 35.0]),
