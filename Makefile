@@ -49,6 +49,7 @@ bench:
 	$(PY) bench/engine.py
 	$(PY) bench/ws_fanout.py
 	$(PY) bench/upload_flood.py
+	$(PY) bench/greeting.py
 	# The panel: unknown_person_detected on the server -> dialog visible in Chromium.
 	$(VENV)/bin/pytest -q -s tests/test_panel_browser.py | grep -E 'dialog open|passed|failed'
 
