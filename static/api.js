@@ -32,19 +32,38 @@ export async function api(path, { method = "GET", body } = {}) {
   try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
   if (!res.ok) {
     const msg = (data && (data.message || data.detail || data.error)) || `${res.status} ${res.statusText}`;
-    throw new Error(typeof msg === "string" ? msg : JSON.stringify(msg));
+    const err = new Error(typeof msg === "string" ? msg : JSON.stringify(msg));
+    err.status = res.status;
+    throw err;
   }
   return data;
 }
 
-/** A thumbnail as an object URL (fetched with the auth header), or null when there is none. */
-export async function thumbnailUrl(personId) {
+/** An image behind the auth header as an object URL, or null when there is none. */
+export async function blobUrl(path) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   try {
-    const res = await fetch(`/api/persons/${encodeURIComponent(personId)}/thumbnail`, { headers, cache: "no-store" });
+    const res = await fetch(path, { headers, cache: "no-store" });
     if (!res.ok) return null;
     return URL.createObjectURL(await res.blob());
   } catch { return null; }
+}
+
+/** A person's thumbnail as an object URL (fetched with the auth header), or null. */
+export const thumbnailUrl = (personId) => blobUrl(`/api/persons/${encodeURIComponent(personId)}/thumbnail`);
+
+/**
+ * POST a multipart form (photo uploads). Unlike api(), a refusal is an answer, not an
+ * exception: resolves to {ok, status, data}; throws only when the server cannot be reached.
+ */
+export async function postForm(path, form) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const res = await fetch(path, { method: "POST", headers, body: form, cache: "no-store" });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { error: text }; }
+  return { ok: res.ok, status: res.status, data: data || {} };
 }
 
 /**

@@ -1,13 +1,16 @@
-// The persons gallery: thumbnails, inline rename, delete behind a confirmation dialog.
+// The persons gallery: thumbnails, inline rename, delete behind a confirmation dialog;
+// clicking a person (its photo or name) opens their detail.
 import { api, thumbnailUrl } from "./api.js";
 
 const list = document.getElementById("gallery");
 const delDialog = document.getElementById("delete-dialog");
 let objectUrls = [], pendingDelete = null, loading = null;
-let notify = () => {};
+let notify = () => {}, openDetail = () => {}, listeners = [];
 
-export function initGallery(onNotice) {
+/** onNotice(text, kind); onOpen(person): a person was clicked. */
+export function initGallery(onNotice, onOpen = () => {}) {
   notify = onNotice;
+  openDetail = onOpen;
   document.getElementById("gallery-refresh").addEventListener("click", () => refreshGallery());
   document.getElementById("delete-cancel").addEventListener("click", () => delDialog.close());
   document.getElementById("delete-confirm").addEventListener("click", async () => {
@@ -23,7 +26,16 @@ export function initGallery(onNotice) {
   delDialog.addEventListener("close", () => { pendingDelete = null; });
 }
 
-/** Re-fetch and re-render; skipped while a name is being edited (it would lose the edit). */
+/** Called with the persons list each time it is loaded (the history's person filter). */
+export function onPersons(fn) { listeners.push(fn); }
+
+/** The delete confirmation (also the person detail's Erase). */
+export function confirmDelete(p) {
+  pendingDelete = p;
+  document.getElementById("delete-name").textContent = p.name;
+  delDialog.showModal();
+}
+
 /** Whether this page's role may see the gallery; if not, say so in its place. */
 function galleryAllowed() {
   const role = document.body.dataset.role;
@@ -32,6 +44,7 @@ function galleryAllowed() {
   return false;
 }
 
+/** Re-fetch and re-render; skipped while a name is being edited (it would lose the edit). */
 export function refreshGallery() {
   if (list.querySelector(".person.editing")) return Promise.resolve();
   if (!galleryAllowed()) return Promise.resolve();
@@ -40,6 +53,7 @@ export function refreshGallery() {
     try {
       const persons = await api("/api/persons");
       if (!galleryAllowed()) return; // the role arrived while the list was loading
+      listeners.forEach((fn) => fn(persons || []));
       if (!list.querySelector(".person.editing")) await render(persons || []);
     } catch (e) {
       if (!galleryAllowed()) return;
@@ -67,7 +81,10 @@ async function render(persons) {
 function card(p, thumb) {
   const li = item("li", "person");
   li.dataset.personId = p.person_id;
-  const fig = item("div", "thumb");
+  const fig = item("button", "thumb");
+  fig.type = "button";
+  fig.setAttribute("aria-label", `Details of ${p.name}`);
+  fig.addEventListener("click", () => openDetail(p));
   if (thumb) {
     const img = item("img");
     img.src = thumb;
@@ -78,18 +95,15 @@ function card(p, thumb) {
     fig.classList.add("noimg");
   }
   const name = item("span", "person-name", p.name);
-  name.title = p.name;
+  name.title = `${p.name}: details`;
+  name.addEventListener("click", () => { if (!li.classList.contains("editing")) openDetail(p); });
   const meta = item("span", "meta",
     `${p.embeddings ?? "?"} embeddings` + (p.created_at ? ` · ${new Date(p.created_at).toLocaleDateString()}` : ""));
   if (p.note) meta.title = p.note;
   const actions = item("div", "actions");
   actions.append(
     button("ghost small", "Rename", `Rename ${p.name}`, () => startRename(li, p, name)),
-    button("danger small", "Delete", `Delete ${p.name}`, () => {
-      pendingDelete = p;
-      document.getElementById("delete-name").textContent = p.name;
-      delDialog.showModal();
-    }));
+    button("danger small", "Delete", `Delete ${p.name}`, () => confirmDelete(p)));
   li.append(fig, name, meta, actions);
   return li;
 }

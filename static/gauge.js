@@ -1,10 +1,12 @@
 // The live head-pose gauge: an SVG box, the target window as a rectangle, the
 // current (yaw, pitch) as a dot (green while the pose is held).
 //
-// Orientation: drawn as a MIRROR of the person in front of the camera. yaw < 0 means
-// turned to the person's own left (README "Head pose convention"), and it is plotted to the
-// LEFT of centre, so a person watching this screen sees the dot move the way they turn.
-// pitch > 0 (looking up) is plotted UP.
+// Orientation: drawn AS THE CAMERA SEES, like the (unmirrored) video beside it. yaw < 0 means
+// turned to the person's own left (README "Head pose convention"): the nose points toward the
+// image's RIGHT side, so yaw < 0 is plotted RIGHT of centre ("their left →" on the right) and
+// the dot moves the same way as the face in the video. pitch > 0 (looking up) is plotted UP.
+// The svg carries data-held, and data-yaw / data-pitch / data-side ("left" | "right" |
+// "centre": where the dot is drawn) of the latest reading.
 
 const NS = "http://www.w3.org/2000/svg";
 const W = 240, H = 180, PAD = 16;
@@ -17,7 +19,7 @@ function el(name, attrs, parent) {
   return e;
 }
 // degrees -> SVG coordinates (see orientation note above)
-const x = (yaw) => PAD + ((yaw + range.yaw) / (2 * range.yaw)) * (W - 2 * PAD);
+const x = (yaw) => PAD + ((range.yaw - yaw) / (2 * range.yaw)) * (W - 2 * PAD);
 const y = (pitch) => PAD + ((range.pitch - pitch) / (2 * range.pitch)) * (H - 2 * PAD);
 const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
 
@@ -31,8 +33,8 @@ export function initGauge(svgEl) {
     (el("text", { x: tx, y: ty, "text-anchor": anchor, class: "g-label" }, svg).textContent = text);
   label(W / 2, 11, "up");
   label(W / 2, H - 4, "down");
-  label(PAD, H - 4, "← their left", "start");
-  label(W - PAD, H - 4, "their right →", "end");
+  label(PAD, H - 4, "← their right", "start");
+  label(W - PAD, H - 4, "their left →", "end");
   target = el("rect", { class: "g-target", visibility: "hidden" }, svg);
   dot = el("circle", { r: 7, class: "g-dot", visibility: "hidden" }, svg);
   nodata = el("text", { x: W / 2, y: H / 2 + 22, "text-anchor": "middle", class: "g-nodata", visibility: "hidden" }, svg);
@@ -43,6 +45,7 @@ export function initGauge(svgEl) {
 export function updateGauge(fb) {
   if (!svg) return;
   if (!fb) {
+    for (const k of ["yaw", "pitch", "side"]) delete svg.dataset[k];
     target.setAttribute("visibility", "hidden");
     dot.setAttribute("visibility", "hidden");
     nodata.setAttribute("visibility", "hidden");
@@ -54,7 +57,7 @@ export function updateGauge(fb) {
     yaw: Math.max(60, Math.abs(y0) + 10, Math.abs(y1) + 10),
     pitch: Math.max(45, Math.abs(p0) + 10, Math.abs(p1) + 10),
   };
-  target.setAttribute("x", x(Math.min(y0, y1)));
+  target.setAttribute("x", Math.min(x(y0), x(y1))); // x() runs right to left
   target.setAttribute("width", Math.abs(x(y1) - x(y0)));
   target.setAttribute("y", y(Math.max(p0, p1)));
   target.setAttribute("height", Math.abs(y(p0) - y(p1)));
@@ -63,9 +66,15 @@ export function updateGauge(fb) {
   dot.setAttribute("visibility", has ? "visible" : "hidden");
   nodata.setAttribute("visibility", has ? "hidden" : "visible");
   if (has) {
-    dot.setAttribute("cx", x(clamp(fb.yaw, -range.yaw, range.yaw)));
+    const cx = x(clamp(fb.yaw, -range.yaw, range.yaw));
+    dot.setAttribute("cx", cx);
     dot.setAttribute("cy", y(clamp(fb.pitch, -range.pitch, range.pitch)));
     dot.classList.toggle("held", !!fb.held);
+    svg.dataset.yaw = fb.yaw.toFixed(1);
+    svg.dataset.pitch = fb.pitch.toFixed(1);
+    svg.dataset.side = Math.abs(cx - W / 2) < 1 ? "centre" : cx > W / 2 ? "right" : "left";
+  } else {
+    for (const k of ["yaw", "pitch", "side"]) delete svg.dataset[k];
   }
   svg.dataset.held = String(!!fb.held);
 }

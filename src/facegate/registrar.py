@@ -124,13 +124,16 @@ class Registrar:
         face; again after "Not now", a timeout or a failed capture).
 
         Raises InvalidNameError for a bad name. Refused (ok False) with a message starting
-        "not in view" when no such face is in view, or when it is recognised as someone."""
+        "not in view" when no such face is in view, "already recognised" when it is someone
+        known, else the machine's reason (busy, another face waiting)."""
         cleaned = clean_name(name) if name and name.strip() else None
         status = self.engine.track_status(track_id) if self.engine is not None else "gone"
         if status == "gone":
             return Reply(client, False, f"not in view: no face with track id {track_id} now")
         if status == "known":
-            return Reply(client, False, f"not in view as a stranger: track {track_id} is known")
+            return Reply(
+                client, False, f"already recognised: the face of track {track_id} is known"
+            )
         replies = self.handle(Offer(track_id, cleaned, client))
         reply = next((r for r in replies if r.client == client), Reply(client, False, "ignored"))
         if reply.ok:
