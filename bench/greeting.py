@@ -24,57 +24,24 @@ import time
 from pathlib import Path
 
 import msgspec
-import numpy as np
 import websockets
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from facegate.analyzers import open_analyzer  # noqa: E402
-from facegate.face import ImageArray  # noqa: E402
-from facegate.registration import Phase  # noqa: E402
 from facegate.server.app import GracefulServer, create_app  # noqa: E402
 from facegate.server.http import uvicorn_config  # noqa: E402
 from facegate.server.runtime import Runtime  # noqa: E402
 from facegate.settings import load_settings  # noqa: E402
+from fakes import ScriptedPerson  # noqa: E402
 from test_registrar import Person  # noqa: E402
 
 POINTING = REPO.parent / "shared" / "data" / "pose" / "pointing04"
 PEOPLE = ["p04_person01", "p04_person02", "p04_person03", "p04_person04"]
 
 
-class Cooperative:
-    """A camera in front of which a person steps in (`present`) and looks where the running
-    registration asks."""
-
-    live = True
-    fps: float | None = 10.0
-    name = "scripted person"
-
-    def __init__(self, person: Person) -> None:
-        self.person = person
-        self.runtime: Runtime | None = None
-        self.present = threading.Event()
-        self.empty = np.full((480, 640, 3), 60, np.uint8)
-
-    def open(self) -> None:
-        pass
-
-    def read(self) -> ImageArray | None:
-        time.sleep(0.1)
-        if not self.present.is_set():
-            return self.empty
-        registrar = self.runtime.registrar if self.runtime is not None else None
-        pose = "front"
-        if registrar is not None and registrar.state.phase is Phase.CAPTURING:
-            pose = registrar.state.pose or "front"
-        return self.person.looking(pose)
-
-    def close(self) -> None:
-        pass
-
-
-async def one_run(port: int, source: Cooperative) -> dict[str, object]:
+async def one_run(port: int, source: ScriptedPerson) -> dict[str, object]:
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
         source.present.set()
         completed_at = greeted_at = None
@@ -115,7 +82,7 @@ def main() -> None:
     results = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
-            source = Cooperative(Person(POINTING, PEOPLE[i % len(PEOPLE)]))
+            source = ScriptedPerson(Person(POINTING, PEOPLE[i % len(PEOPLE)]))
             runtime = Runtime(settings, Path(tmp), source, lambda: open_analyzer(settings))
             source.runtime = runtime
             with socket.socket() as s:

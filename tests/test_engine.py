@@ -222,22 +222,28 @@ def canvas(face: ImageArray, x: int, y: int, size: tuple[int, int] = (640, 480))
     return out
 
 
-@pytest.fixture(scope="module")
-def person(shared_data: Path) -> ImageArray:
-    """A frontal Pointing'04 face (person 01, series 2), cropped around the face."""
+def pointing_face(
+    shared_data: Path, identity: str, series: str = "2", *, crop: bool = True
+) -> ImageArray:
+    """A frontal Pointing'04 photo of `identity` (yaw 0, pitch 0), cropped around the face."""
     root = shared_data / "pose" / "pointing04"
     with (root / "manifest.csv").open() as fh:
         row = next(
             r
             for r in csv.DictReader(fh)
-            if r["identity"] == "p04_person01"
-            and r["series"] == "2"
-            and r["yaw"] == "0"
-            and r["pitch"] == "0"
+            if (r["identity"], r["series"], r["yaw"], r["pitch"]) == (identity, series, "0", "0")
         )
     img = read_image(root / row["path"])
+    if not crop:
+        return img
     cx, cy = int(row["face_cx"]), int(row["face_cy"])
     return np.ascontiguousarray(img[max(0, cy - 110) : cy + 110, max(0, cx - 90) : cx + 90])
+
+
+@pytest.fixture(scope="module")
+def person(shared_data: Path) -> ImageArray:
+    """A frontal Pointing'04 face (person 01, series 2), cropped around the face."""
+    return pointing_face(shared_data, "p04_person01")
 
 
 def test_a_still_unknown_face_is_offered_once_after_stable_seconds(
@@ -285,14 +291,7 @@ def test_a_person_enrolled_from_photos_while_in_view_is_greeted_within_recheck_s
 ) -> None:
     """A stranger stands in view (settled as unknown, offered); meanwhile someone enrols
     them from another photo: the engine identifies its unknown faces afresh and greets them."""
-    root = shared_data / "pose" / "pointing04"
-    with (root / "manifest.csv").open() as fh:
-        row = next(
-            r
-            for r in csv.DictReader(fh)
-            if (r["identity"], r["series"], r["yaw"], r["pitch"]) == ("p04_person01", "1", "0", "0")
-        )
-    photo = analyzer.analyze(read_image(root / row["path"]))[0]
+    photo = analyzer.analyze(pointing_face(shared_data, "p04_person01", "1", crop=False))[0]
     assert photo.embedding is not None
     events: list[Event] = []
     cfg = settings(stable_seconds=0.5)
@@ -322,17 +321,7 @@ def test_a_face_that_leaves_has_no_box_and_a_cut_carries_no_name(
     face = analyzer.analyze(canvas(person, 230, 130))[0]
     assert face.embedding is not None
     gallery.create_person("Pat", [NewEmbedding(face.embedding)], actor="test")
-    root = shared_data / "pose" / "pointing04"
-    with (root / "manifest.csv").open() as fh:
-        row = next(
-            r
-            for r in csv.DictReader(fh)
-            if (r["identity"], r["series"], r["yaw"], r["pitch"]) == ("p04_person09", "2", "0", "0")
-        )
-    img = read_image(root / row["path"])
-    cx, cy = int(row["face_cx"]), int(row["face_cy"])
-    other = np.ascontiguousarray(img[max(0, cy - 110) : cy + 110, max(0, cx - 90) : cx + 90])
-    cut_to = canvas(other, 230, 130)
+    cut_to = canvas(pointing_face(shared_data, "p04_person09"), 230, 130)
     cut_to[:, :, 0] = 200  # another scene: a blue set
     empty = np.full((480, 640, 3), 90, np.uint8)
     views: list[Tracks] = []
@@ -363,21 +352,26 @@ def test_a_source_that_dies_mid_stream_ends_the_run_with_an_event(
 
 
 # -- the headless command --------------------------------------------------------------------
-def test_run_prints_events_and_exits_at_the_end_of_a_file(
-    shared_data: Path, tmp_path: Path, faceplugin_dir: Path
-) -> None:
+def run_walkers(shared_data: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`facegate run --json` on the walking-and-pause clip (stable after 0.5 s), own data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
     env["FACEGATE_HOME"] = str(tmp_path / "data")
     env["FACEGATE_ENGINE_STABLE_SECONDS"] = "0.5"
     clip = shared_data / "video" / "intel_face-demographics-walking-and-pause.mp4"
-    out = subprocess.run(
-        [sys.executable, "-m", "facegate.cli", "run", "--source", str(clip), "--json"],
+    return subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "run", "--source", str(clip), "--json", *flags],
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=300,
         check=False,
     )
+
+
+def test_run_prints_events_and_exits_at_the_end_of_a_file(
+    shared_data: Path, tmp_path: Path, faceplugin_dir: Path
+) -> None:
+    out = run_walkers(shared_data, tmp_path)
     assert out.returncode == 0, out.stderr
     lines = [msgspec.json.decode(line) for line in out.stdout.splitlines()]
     types = [line["type"] for line in lines]
@@ -395,18 +389,7 @@ def test_run_prints_events_and_exits_at_the_end_of_a_file(
 def test_run_tracks_prints_the_faces_of_every_processed_frame(
     shared_data: Path, tmp_path: Path, faceplugin_dir: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
-    env["FACEGATE_HOME"] = str(tmp_path / "data")
-    env["FACEGATE_ENGINE_STABLE_SECONDS"] = "0.5"
-    clip = shared_data / "video" / "intel_face-demographics-walking-and-pause.mp4"
-    out = subprocess.run(
-        [sys.executable, "-m", "facegate.cli", "run", "--source", str(clip), "--json", "--tracks"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    out = run_walkers(shared_data, tmp_path, "--tracks")
     assert out.returncode == 0, out.stderr
     lines = [msgspec.json.decode(line) for line in out.stdout.splitlines()]
     views = [line["data"] for line in lines if line["type"] == "tracks"]
@@ -424,14 +407,7 @@ def test_run_tracks_prints_the_faces_of_every_processed_frame(
     assert "no one enrolled yet" in unknown["message"]
     assert unknown["frame_time"] in times
     # Without --tracks: events only.
-    plain = subprocess.run(
-        [sys.executable, "-m", "facegate.cli", "run", "--source", str(clip), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    plain = run_walkers(shared_data, tmp_path)
     assert plain.returncode == 0 and '"tracks"' not in plain.stdout
 
 

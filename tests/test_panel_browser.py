@@ -9,6 +9,7 @@ server restarts under the open panel, which reconnects by itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -17,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 import pytest
 
 from facegate.analyzers import open_analyzer
 from facegate.events import Event, UnknownPersonDetected
-from facegate.face import ImageArray
-from facegate.registration import INSTRUCTIONS, Phase
+from facegate.registration import INSTRUCTIONS
 from facegate.server.app import GracefulServer, create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
@@ -38,7 +37,8 @@ if not CHROMIUM.is_file():
     pytest.skip(f"Chromium not found at {CHROMIUM} (apt install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python not installed")
 
-from test_registrar import Person  # noqa: E402  (after the skips above)
+from fakes import ScriptedPerson  # noqa: E402  (after the skips above)
+from test_registrar import Person  # noqa: E402
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.models]
 
@@ -76,40 +76,6 @@ WATCH_DIALOG = """() => {
     if (d.open && !told) { told = true; window.__dialogOpened(); }
   }).observe(d, { attributes: true, attributeFilter: ["open"] });
 }"""
-
-
-class ScriptedPerson:
-    """A camera in front of which a cooperative person steps in (when `present` is set) and,
-    during a registration, looks where the registration currently asks."""
-
-    live = True
-    fps: float | None = 10.0
-    name = "scripted person"
-
-    def __init__(self, person: Person) -> None:
-        self.person = person
-        self.runtime: Runtime | None = None
-        self.present = threading.Event()
-        self.empty = np.full((480, 640, 3), 60, np.uint8)
-        self.poses_shown: set[str] = set()
-
-    def open(self) -> None:
-        pass
-
-    def read(self) -> ImageArray | None:
-        time.sleep(0.1)
-        if not self.present.is_set():
-            return self.empty
-        registrar = self.runtime.registrar if self.runtime is not None else None
-        pose = None
-        if registrar is not None and registrar.state.phase is Phase.CAPTURING:
-            pose = registrar.state.pose
-        pose = pose or "front"
-        self.poses_shown.add(pose)
-        return self.person.looking(pose)
-
-    def close(self) -> None:
-        pass
 
 
 class LiveServer:
@@ -326,7 +292,7 @@ def test_the_panel_registers_a_stranger_and_survives_a_server_restart(
                 live.stop()
 
 
-def test_a_viewer_sees_the_gate_but_is_not_asked_to_decide(
+def test_a_viewer_sees_the_gate_and_its_boxes_but_is_not_asked_to_decide(
     browser: Any, settings: Settings, pointing: Path, tmp_path: Path
 ) -> None:
     tokens = {"token": "admin-secret", "viewer_token": "view-secret"}
@@ -348,5 +314,14 @@ def test_a_viewer_sees_the_gate_but_is_not_asked_to_decide(
         until(page, "document.querySelector('#feed').textContent.includes('operator')", 20_000)
         assert live.unknown_at, "the stranger was offered"
         assert not page.is_visible("#register-dialog")
+        # The viewer sees the boxes, but no Register on them, no unknown faces, no person filter.
+        tracks = "JSON.parse(document.getElementById('overlay').dataset.tracks || '[]')"
+        until(page, f"{tracks}.some(t => t.state === 'unknown')", 20_000)
+        assert not page.query_selector("#overlay-buttons .overlay-register")
+        assert page.is_hidden("#unknowns-card")
+        assert page.is_hidden("#history-person-label")
+        until(page, "document.querySelector('#history-body tr[data-seq]')", 10_000)
+        data = json.loads(page.get_attribute("#overlay", "data-tracks") or "[]")
+        assert all(t["name"] is None for t in data), data
     finally:
         live.stop()

@@ -14,7 +14,6 @@ FACEGATE_SCREENSHOTS=docs.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -237,38 +236,3 @@ def test_live_overlay_countdowns_reoffer_greeting_and_workspace(
     finally:
         with contextlib.suppress(AssertionError):
             live.stop()
-
-
-def test_a_viewer_sees_the_boxes_but_no_register_buttons(
-    browser: Any,  # noqa: F811
-    settings: Settings,  # noqa: F811
-    pointing: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    import msgspec
-
-    tokens = {"token": "admin-secret", "viewer_token": "view-secret"}
-    settings = msgspec.structs.replace(
-        settings, server=msgspec.structs.replace(settings.server, **tokens)
-    )
-    port = free_port()
-    source = ScriptedPerson(Person(pointing, "p04_person01"))
-    live = LiveServer(settings, tmp_path / "data", source, port).start()
-    try:
-        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        page.goto(f"http://127.0.0.1:{port}/?token=view-secret")
-        page.wait_for_selector("#connection[data-state='online']", timeout=15_000)
-        until(page, "document.body.dataset.role === 'viewer'")
-        source.present.set()
-        until(page, f"{TRACKS}.some(t => t.state === 'unknown')", 20_000)
-        assert page.is_hidden("#overlay-buttons") or not page.query_selector(
-            "#overlay-buttons .overlay-register"
-        )
-        assert page.is_hidden("#unknowns-card")
-        assert page.is_hidden("#history-person-label")
-        until(page, "document.querySelector('#history-body tr[data-seq]')", 10_000)
-        assert not page.is_visible("#register-dialog")
-        data = json.loads(page.get_attribute("#overlay", "data-tracks") or "[]")
-        assert all(t["name"] is None for t in data), data
-    finally:
-        live.stop()

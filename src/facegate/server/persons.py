@@ -120,17 +120,7 @@ def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
                 return error(f"field `name`: {exc}", 400)
             files = await _read(_uploads(form, "files"))
             force = str(form.get("force") or "").lower() in ("1", "true", "yes")
-        if not files:
-            return error("at least one photo in field `files` is required", 400)
-        if (unsupported := _unsupported(files)) is not None:
-            return unsupported
-        try:
-            result, decoded = await uploads.run(
-                _enrol, _enroller(runtime, gallery), files, name, force
-            )
-        except UploadsBusyError as exc:
-            return error(str(exc), 503, {"Retry-After": "1"})
-        return _enrolled(result, decoded)
+        return await _enrol_uploaded(runtime, uploads, gallery, files, force, name=name)
 
     return handler
 
@@ -153,21 +143,36 @@ def person_photos(runtime: Runtime, uploads: UploadWorker) -> Handler:
         async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
             files = await _read(_uploads(form, "files"))
             force = str(form.get("force") or "").lower() in ("1", "true", "yes")
-        if not files:
-            return error("at least one photo in field `files` is required", 400)
-        if (unsupported := _unsupported(files)) is not None:
-            return unsupported
-        try:
-            result, decoded = await uploads.run(
-                _enrol, _enroller(runtime, gallery), files, None, force, pid
-            )
-        except UploadsBusyError as exc:
-            return error(str(exc), 503, {"Retry-After": "1"})
-        except UnknownPersonError as exc:  # erased while the photos were analysed
-            return error(str(exc), 404)
-        return _enrolled(result, decoded)
+        return await _enrol_uploaded(runtime, uploads, gallery, files, force, person_id=pid)
 
     return handler
+
+
+async def _enrol_uploaded(
+    runtime: Runtime,
+    uploads: UploadWorker,
+    gallery: Gallery,
+    files: list[tuple[str, bytes | None]],
+    force: bool,
+    *,
+    name: str | None = None,
+    person_id: str | None = None,
+) -> Response:
+    """The uploaded photos enrolled as a new person (`name`) or added to `person_id`, on the
+    upload worker: 201, or the refusals (400 none decoded, 409 all refused), 415, 503."""
+    if not files:
+        return error("at least one photo in field `files` is required", 400)
+    if (unsupported := _unsupported(files)) is not None:
+        return unsupported
+    try:
+        result, decoded = await uploads.run(
+            _enrol, _enroller(runtime, gallery), files, name, force, person_id
+        )
+    except UploadsBusyError as exc:
+        return error(str(exc), 503, {"Retry-After": "1"})
+    except UnknownPersonError as exc:  # erased while the photos were analysed
+        return error(str(exc), 404)
+    return _enrolled(result, decoded)
 
 
 def _enroller(runtime: Runtime, gallery: Gallery) -> PhotoEnroller:
