@@ -22,7 +22,7 @@ import pytest
 
 from facegate.analyzers import open_analyzer
 from facegate.events import Event, UnknownPersonDetected
-from facegate.registration import INSTRUCTIONS
+from facegate.pose_guide import INSTRUCTIONS
 from facegate.server.app import GracefulServer, create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime

@@ -38,11 +38,16 @@ from facegate.events import (
     RegistrationWaiting,
     SystemReady,
 )
-from facegate.registration import (
+from facegate.pose_guide import (
     HOLD_STILL,
     INSTRUCTIONS,
     POSE_TIPS,
     RECENT_MAX,
+    direction_hint,
+    front_reading,
+    next_step,
+)
+from facegate.registration import (
     Capture,
     Decision,
     Effect,
@@ -62,9 +67,6 @@ from facegate.registration import (
     UnknownOffered,
     ValidateAndStore,
     consistent,
-    direction_hint,
-    front_reading,
-    next_step,
     progress,
     step,
     target,
