@@ -74,6 +74,24 @@ function afterRegistration(d, { cancelled }) {
   refreshUnknowns();
 }
 
+/** The header says who is in view now, from the faces of the latest frame (departures come
+ *  from person_left_area: a face missed for a frame or two has not left). */
+function presenceFromTracks(tracks) {
+  if (!Array.isArray(tracks) || !tracks.length) return;
+  const names = [...new Set(tracks.filter((t) => t.state === "known" && t.name).map((t) => t.name))];
+  const others = tracks.length - tracks.filter((t) => t.state === "known" && t.name).length;
+  if (names.length) {
+    const who = names.length === 1 ? names[0] : `${names.slice(0, -1).join(", ")} and ${names.at(-1)}`;
+    setPresence(`${who} recognized` + (others ? ` (+${others} not identified)` : ""));
+  } else if (tracks.some((t) => t.state === "registering")) {
+    setPresence("Registering a new person");
+  } else if (tracks.some((t) => t.state === "unknown")) {
+    setPresence(tracks.length === 1 ? "Unknown person" : `${tracks.length} faces in view, none recognized`);
+  } else {
+    setPresence(tracks.length === 1 ? "Someone is in view" : `${tracks.length} faces in view`);
+  }
+}
+
 const handlers = {
   connected(d) {
     feed(d.message || "Connected", "system", d.timestamp);
@@ -92,6 +110,7 @@ const handlers = {
   tracks(d) {
     if (typeof d.threshold === "number") lastThreshold = d.threshold;
     onTracks(d);
+    presenceFromTracks(d.tracks);
   },
   person_recognized(d) {
     logEvent("person_recognized", d);

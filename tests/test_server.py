@@ -646,6 +646,28 @@ def test_snapshot_is_a_jpeg_of_the_video(serve: Serve, face_dir: Path) -> None:
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         image = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
         assert image is not None and image.shape == (480, 640, 3)
+        # Which frame it is, as the tracks message names frames (to draw its own boxes only).
+        frame = int(r.headers["x-frame"])
+        assert frame >= 0 and float(r.headers["x-frame-time"]) >= 0
+        assert int(r.headers["x-scene"]) >= 0
+
+
+def test_each_mjpeg_part_names_its_frame(serve: Serve, face_dir: Path) -> None:
+    with serve(ImageFolderSource(face_dir, fps=10)) as (client, runtime):
+        with client.stream("GET", "/video.mjpg") as r:
+            buf = b""
+            for chunk in r.iter_bytes():
+                buf += chunk
+                if buf.count(b"X-Frame:") >= 4:
+                    break
+        frames = []
+        for part in buf.split(b"--frame\r\n")[1:]:
+            head = part.partition(b"\r\n\r\n")[0]
+            headers = dict(h.split(b": ", 1) for h in head.split(b"\r\n"))
+            if b"X-Frame" in headers:  # (a part sent before the first frame has none)
+                frames.append((int(headers[b"X-Frame"]), float(headers[b"X-Frame-Time"])))
+        assert len(frames) >= 3
+        assert frames == sorted(frames) and len({f for f, _ in frames}) == len(frames)
 
 
 def test_video_mjpg_streams_jpeg_parts(client: TestClient) -> None:

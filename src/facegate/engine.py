@@ -95,7 +95,9 @@ class Engine:
         self._present: dict[str, Track] = {}
         # When set (by the registration machine), no unknown is offered for registration.
         self.prompts_paused = threading.Event()
-        self.latest_frame: Frame | None = None
+        # The latest processed frame with its faces, set together (readers on other threads
+        # always get a frame and the view of that very frame).
+        self.latest: tuple[Frame, Tracks] | None = None
         # Registration: the track being captured (set by the registrar), where its face of
         # every frame goes, and a JPEG of its most frontal view for the thumbnail.
         self.registering: int | None = None
@@ -106,8 +108,6 @@ class Engine:
         self._last_time = -math.inf
         cfg = settings.engine
         self.unknowns = unknowns or RecentUnknowns(cfg.unknowns_kept, cfg.unknowns_keep_seconds)
-        # The faces of the latest processed frame (tracks matched to a detection in it).
-        self.latest_view: Tracks | None = None
         self.on_tracks = on_tracks
         self.scene = SceneCuts(cfg.scene_cut_distance)
         self.cuts = 0  # scene cuts seen
@@ -202,6 +202,7 @@ class Engine:
                 self._identify(track, described[i], now)
                 search_ms += (time.perf_counter() - t_search) * 1e3
         self._apply_adoptions()
+        self.unknowns.frame(now)
         for i, track in enumerate(seen):
             if track.identity is not None:
                 self._person_seen[track.identity] = now
@@ -213,12 +214,23 @@ class Engine:
         self._expire(now)
         self.monitor.stage("frame", (time.perf_counter() - t0) * 1e3)
         self.monitor.frame_processed()
-        self.latest_frame = frame
         self._previous = [t.id for t in seen]
-        self.latest_view = self._view(frame, seen, now)
+        view = self._view(frame, seen, now)
+        self.latest = (frame, view)
         if self.on_tracks is not None:
-            self.on_tracks(self.latest_view)
+            self.on_tracks(view)
         return seen
+
+    @property
+    def latest_frame(self) -> Frame | None:
+        latest = self.latest
+        return None if latest is None else latest[0]
+
+    @property
+    def latest_view(self) -> Tracks | None:
+        """The faces of the latest processed frame (tracks matched to a detection in it)."""
+        latest = self.latest
+        return None if latest is None else latest[1]
 
     # -- what the frame shows ----------------------------------------------------------------
     def _view(self, frame: Frame, seen: list[Track], now: float) -> Tracks:
@@ -254,6 +266,7 @@ class Engine:
         return Tracks(
             frame=frame.number,
             frame_time=round(now, 3),
+            scene=self.cuts,
             width=int(w),
             height=int(h),
             threshold=threshold,

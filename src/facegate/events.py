@@ -233,6 +233,9 @@ class Tracks(Event, frozen=True, kw_only=True, tag="tracks"):
 
     frame: int  # the source's frame number
     frame_time: float  # stream time, as in events
+    # Scene cuts seen so far: views of different scenes never describe the same picture (a
+    # client matching views to video frames must not draw one scene's boxes on another's).
+    scene: int = 0
     width: int  # the frame's size, for drawing the boxes over the video
     height: int
     threshold: float  # recognition.threshold

@@ -7,6 +7,10 @@ registration. Kept in memory only and bounded: a stranger's face is never writte
 and an entry is forgotten `keep_seconds` after the face left (or when the list is full, the
 oldest first). A face that becomes known (registered, or enrolled from photos) leaves the list.
 
+A face is "present" (in view) when it was detected within `PRESENT_WITHIN` seconds of stream
+time before the latest processed frame (`frame`): a face missed for a frame or two is still in
+view, one left behind by a camera cut is not, even before its track expires.
+
 Thread-safe: one lock guards everything.
 """
 
@@ -19,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
+
+PRESENT_WITHIN = 0.5  # seconds of stream time
 
 
 class UnknownFace(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,8 +66,14 @@ class RecentUnknowns:
         self.clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._stream_now = -float("inf")  # stream time of the latest processed frame
 
     # -- the engine's side ---------------------------------------------------------------------
+    def frame(self, stream_time: float) -> None:
+        """A frame was processed at this stream time (call before `seen` for its faces)."""
+        with self._lock:
+            self._stream_now = stream_time
+
     def seen(
         self,
         track_id: int,
@@ -81,6 +93,7 @@ class RecentUnknowns:
                 self._entries[track_id] = entry
             entry.last_seen, entry.last_stream = now, stream_time
             entry.present, entry.left_at = True, None
+            self._stream_now = max(self._stream_now, stream_time)
             if similarity is not None:
                 entry.similarity = similarity
             self._entries.move_to_end(track_id)
@@ -122,7 +135,7 @@ class RecentUnknowns:
                     first_seen=e.first_seen,
                     last_seen=e.last_seen,
                     seconds_seen=round(max(0.0, e.last_stream - e.first_stream), 2),
-                    present=e.present,
+                    present=e.present and self._stream_now - e.last_stream <= PRESENT_WITHIN,
                     similarity=e.similarity,
                     offered=e.offered,
                     has_thumbnail=e.thumbnail is not None,

@@ -1,6 +1,11 @@
 """HTTP handlers for the video (`/video.mjpg`, `/snapshot.jpg`): the camera's plain picture,
 the panel draws the boxes itself from the `tracks` WebSocket message. `?overlay=1` draws them
-on the server, from the faces of that very frame (`Engine.latest_view`).
+on the server, from the faces of that very frame (`Engine.latest`).
+
+Each JPEG (each part of the MJPEG stream, and the snapshot) says which frame it is:
+`X-Frame` (the source's frame number), `X-Frame-Time` (stream time) and `X-Scene` (scene cuts
+so far), the fields of the `tracks` message, so a client draws on a picture only the boxes
+of that picture (or of a moment before it in the same scene), never another frame's.
 """
 
 from __future__ import annotations
@@ -37,12 +42,20 @@ def _blank_jpeg() -> bytes:
     return jpeg(blank())
 
 
-def _latest(runtime: Runtime, overlay: bool) -> tuple[Frame | None, Tracks | None]:
-    engine = runtime.engine
-    if engine is None:
-        return None, None
-    view = engine.latest_view if overlay else None
-    return engine.latest_frame, view
+def _latest(runtime: Runtime) -> tuple[Frame | None, Tracks | None]:
+    """The latest processed frame and the faces of that very frame."""
+    latest = runtime.engine.latest if runtime.engine is not None else None
+    return (None, None) if latest is None else latest
+
+
+def _frame_headers(view: Tracks | None) -> dict[str, str]:
+    if view is None:
+        return {}
+    return {
+        "X-Frame": str(view.frame),
+        "X-Frame-Time": f"{view.frame_time:.3f}",
+        "X-Scene": str(view.scene),
+    }
 
 
 def _render(runtime: Runtime, frame: Frame | None, view: Tracks | None, overlay: bool) -> bytes:
@@ -66,9 +79,10 @@ def snapshot(runtime: Runtime) -> Handler:
             overlay = overlay_of(request)
         except ValueError as exc:
             return error(str(exc), 400)
-        frame, view = _latest(runtime, overlay)
+        frame, view = _latest(runtime)
         data = await asyncio.to_thread(_render, runtime, frame, view, overlay)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store", **_frame_headers(view)}
+        return Response(data, media_type="image/jpeg", headers=headers)
 
     return handler
 
@@ -96,14 +110,17 @@ def video(runtime: Runtime) -> Handler:
         async def frames() -> AsyncIterator[bytes]:
             last = None
             while not runtime.closing.is_set() and not await request.is_disconnected():
-                frame, view = _latest(runtime, overlay)
+                frame, view = _latest(runtime)
                 if frame is None or frame is not last:
                     last = frame
                     data = await asyncio.to_thread(jpeg_of, frame, view, overlay)
+                    head = "".join(f"{k}: {v}\r\n" for k, v in _frame_headers(view).items())
                     yield (
                         b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                         + str(len(data)).encode()
-                        + b"\r\n\r\n"
+                        + b"\r\n"
+                        + head.encode()
+                        + b"\r\n"
                         + data
                         + b"\r\n"
                     )
