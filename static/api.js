@@ -1,8 +1,11 @@
 // HTTP + WebSocket helpers. An optional ?token=... in the page URL is passed on:
 // as ?token= on the WebSocket and on <img> URLs (an <img> cannot send headers),
-// and as "Authorization: Bearer" on fetches.
+// and as "Authorization: Bearer" on fetches (the live video included: see video.js).
 
 const token = new URLSearchParams(location.search).get("token");
+
+/** The Authorization header for a fetch ({} without a token). */
+export const authHeaders = () => (token ? { Authorization: `Bearer ${token}` } : {});
 
 export function wsUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";

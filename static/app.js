@@ -1,10 +1,11 @@
 // facegate operator panel: live video with the faces drawn over it, event feed, registration
 // flow, recent unknown faces, gallery and person detail, event history, stats.
-import { api, imgUrl, connectSocket } from "./api.js";
+import { api, connectSocket } from "./api.js";
 import { initGauge } from "./gauge.js";
 import { initGallery, refreshGallery, onPersons, confirmDelete } from "./gallery.js";
 import { $, make, feed, describe, role } from "./ui.js";
-import { initOverlay, onTracks, setCameraOk, currentTrack } from "./overlay.js";
+import { initOverlay, onTracks, setCameraOk, currentTrack, pictureSwitching, pictureShown } from "./overlay.js";
+import { initVideo } from "./video.js";
 import * as register from "./register.js";
 import * as capture from "./capture.js";
 import { initUnknowns, refreshUnknowns } from "./unknowns.js";
@@ -17,13 +18,29 @@ const logEvent = (type, d) => { const [text, kind] = describe(type, d); feed(tex
 
 // ---------------------------------------------------------------- camera / video
 // #camera-status is the one place that says the camera is unavailable (the server's video
-// is then a blank frame); the overlay is cleared whenever the picture is not live.
+// is then a blank frame); the overlay is cleared whenever the picture is not live. The video
+// is read by video.js, which says which frame each picture shown is (the overlay draws the
+// boxes of that picture).
 const cam = { state: "connected", message: "", retry: null, streamOk: true, told: 0 };
 let videoRetry = null;
+const video = initVideo({
+  img: $("video"),
+  path: "/video.mjpg",
+  onSwitch: pictureSwitching,
+  onFrame: pictureShown,
+  onLive() { if (!cam.streamOk) { cam.streamOk = true; renderCamera(); } },
+  onError() {
+    cam.streamOk = false;
+    renderCamera();
+    clearTimeout(videoRetry);
+    videoRetry = setTimeout(restartVideo, 3000);
+  },
+});
 
+/** (Re)open the video stream: any open one is aborted. */
 function restartVideo() {
   clearTimeout(videoRetry);
-  $("video").src = imgUrl("/video.mjpg", true);
+  video.restart();
 }
 function renderCamera() {
   const el = $("camera-status");
@@ -50,13 +67,6 @@ function syncSource(state, { polled = false } = {}) {
   if (state === "connected") { cam.streamOk = true; restartVideo(); }
   renderCamera();
 }
-$("video").addEventListener("load", () => { if (!cam.streamOk) { cam.streamOk = true; renderCamera(); } });
-$("video").addEventListener("error", () => {
-  cam.streamOk = false;
-  renderCamera();
-  clearTimeout(videoRetry);
-  videoRetry = setTimeout(restartVideo, 3000);
-});
 
 // ---------------------------------------------------------------- Register buttons
 /** A Register button (overlay, unknowns list) was clicked for this face. */

@@ -1,21 +1,35 @@
-// The face boxes over the live video, drawn in the browser from the latest `tracks` message
-// (the video itself is the camera's plain picture).
+// The face boxes over the live video, drawn in the browser from the `tracks` messages (the
+// video itself is the camera's plain picture).
+//
+// The picture and the messages travel separately (video.js reads the MJPEG stream, the socket
+// brings the messages), so the boxes are drawn for the picture SHOWN, never simply the latest
+// message: the view of exactly that frame when it has come, else the latest view of the same
+// scene from before that frame and at most MAX_LAG seconds of stream time older; otherwise no
+// boxes. After a camera cut the previous scene's boxes are never drawn on the new picture, and
+// on moving faces the boxes trail the picture by at most MAX_LAG. It is redrawn whenever a
+// picture is shown and whenever a message comes (a view may come just after its picture).
 //
 // The canvas covers the <img> exactly; the image is shown with object-fit: contain, so the
-// frame's pixels are scaled by one factor and centred (letterboxed). Stale data is never left
-// drawn: the overlay is cleared when a message lists no faces, when no message has come for
-// STALE_MS, and while the camera is not connected.
+// frame's pixels are scaled by one factor and centred (letterboxed). Nothing is drawn while
+// the camera is not connected, nor on a picture that does not say which frame it is.
 //
 // For tests (and anyone curious) the canvas carries what it shows: data-tracks (JSON list of
-// {track_id, state, name, person_id, similarity}) and data-frame (the frame number, "" when clear).
+// {track_id, state, name, person_id, similarity}), data-frame, data-drawn-time and
+// data-drawn-scene (the drawn view's frame, frame_time and scene; "" when no boxes), and
+// data-shown-frame, data-shown-time and data-shown-scene (the picture shown; "" when unknown).
 
 import { make, sim, isNum, canOperate } from "./ui.js";
 
-const STALE_MS = 1500;
+const MAX_LAG = 0.25; // s of stream time a view may be older than the picture it is drawn on
+const VIEWS_KEPT = 64;
 const COLOURS = { known: "#35c46a", unknown: "#f0b429", pending: "#8c99a6", registering: "#4ea1ff" };
+const NO_FRAME = { frame: null, frameTime: null, scene: null };
 
 let canvas, img, layer, onRegister = () => {};
-let latest = null; // {data, at}
+let views = []; // the latest `tracks` messages, oldest first
+let shown = NO_FRAME; // the picture displayed: {frame, frameTime, scene}
+let switching = null; // the picture about to replace it (see pictureSwitching)
+let drawn = null; // the view drawn now
 let cameraOk = true;
 const buttons = new Map(); // track_id -> its Register button (kept: a click must not miss it)
 
@@ -27,16 +41,30 @@ export function initOverlay({ canvasEl, imgEl, buttonLayer, register }) {
   canvas.dataset.tracks = "[]";
   canvas.dataset.frame = "";
   new ResizeObserver(() => draw()).observe(canvas);
-  img.addEventListener("load", () => draw());
-  setInterval(() => {
-    if (latest && Date.now() - latest.at > STALE_MS) clearOverlay();
-  }, 250);
 }
 
 /** A `tracks` message arrived. */
 export function onTracks(data) {
-  if (!cameraOk || !data || !Array.isArray(data.tracks)) return;
-  latest = data.tracks.length ? { data, at: Date.now() } : null;
+  if (!cameraOk || !data || !Array.isArray(data.tracks) || !Number.isInteger(data.frame)) return;
+  const view = { ...data, scene: Number.isInteger(data.scene) ? data.scene : 0 };
+  views = views.filter((v) => v.frame !== view.frame);
+  views.push(view);
+  if (views.length > VIEWS_KEPT) views = views.slice(-VIEWS_KEPT);
+  draw();
+}
+
+/** The picture of `frame` ({frame, frameTime, scene}) is about to be shown. */
+export function pictureSwitching(frame) {
+  switching = frame || NO_FRAME;
+  // Across a cut (or to a picture that does not say which frame it is) no box may be left
+  // on the new picture for even one paint: clear them now, the new picture's come with it.
+  if (drawn && !sameScene(switching, shown)) draw();
+}
+
+/** The picture of `frame` is displayed now. */
+export function pictureShown(frame) {
+  shown = frame || NO_FRAME;
+  switching = null;
   draw();
 }
 
@@ -46,13 +74,37 @@ export function setCameraOk(ok) {
   if (!cameraOk) clearOverlay();
 }
 
+/** Forget every view (they may belong to a stream that is gone) and draw no box. */
 export function clearOverlay() {
-  latest = null;
+  views = [];
   draw();
 }
 
-/** The faces drawn now (for the register dialog: the offered face's similarity). */
-export const currentTrack = (id) => latest?.data.tracks.find((t) => t.track_id === id) || null;
+const sameScene = (a, b) => isNum(a.frame) && isNum(b.frame) && a.scene === b.scene;
+
+/** The view to draw on the picture shown, or null. */
+function viewFor(pic) {
+  if (!cameraOk || !Number.isInteger(pic.frame)) return null;
+  if (switching && !sameScene(switching, pic)) return null;
+  let best = null;
+  for (const v of views) {
+    if (v.scene !== (pic.scene ?? 0) || v.frame > pic.frame) continue;
+    if (v.frame === pic.frame) return v; // the faces of that very picture
+    if (!best || v.frame > best.frame) best = v;
+  }
+  if (!best || !isNum(pic.frameTime) || !isNum(best.frame_time)) return null;
+  const lag = pic.frameTime - best.frame_time;
+  return lag >= 0 && lag <= MAX_LAG ? best : null;
+}
+
+/** The face drawn now, else its latest view (for the register dialog: its similarity). */
+export function currentTrack(id) {
+  for (const v of [drawn, ...views.slice().reverse()]) {
+    const found = v?.tracks.find((t) => t.track_id === id);
+    if (found) return found;
+  }
+  return null;
+}
 
 function label(t) {
   const id = `#${t.track_id}`;
@@ -85,15 +137,23 @@ function draw() {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cw, ch);
-  const tracks = latest ? latest.data.tracks : [];
+  const view = viewFor(shown);
+  drawn = view && view.tracks.length ? view : null;
+  const tracks = drawn ? drawn.tracks : [];
   canvas.dataset.tracks = JSON.stringify(tracks.map((t) => ({
     track_id: t.track_id, state: t.state, name: t.name ?? null, person_id: t.person_id ?? null,
     similarity: isNum(t.similarity) ? Number(t.similarity.toFixed(3)) : null,
   })));
-  canvas.dataset.frame = latest ? String(latest.data.frame ?? "") : "";
+  const field = (v) => (isNum(v) ? String(v) : "");
+  canvas.dataset.frame = field(drawn?.frame);
+  canvas.dataset.drawnTime = field(drawn?.frame_time);
+  canvas.dataset.drawnScene = field(drawn?.scene);
+  canvas.dataset.shownFrame = field(shown.frame);
+  canvas.dataset.shownTime = field(shown.frameTime);
+  canvas.dataset.shownScene = field(shown.scene);
   const keep = new Set();
-  if (latest && cw && ch) {
-    const map = mapping(latest.data, cw, ch);
+  if (drawn && cw && ch) {
+    const map = mapping(drawn, cw, ch);
     ctx.font = "600 13px system-ui, sans-serif";
     ctx.textBaseline = "top";
     for (const t of tracks) {

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from facegate.settings import Settings
+from fakes import ScriptedPerson
 
 # The helpers and fixtures of the first panel test (it skips this module too without Chromium).
 from test_panel_browser import (
@@ -31,7 +32,6 @@ from test_panel_browser import (
     REPO,
     VIDEO_PLAYING,
     LiveServer,
-    ScriptedPerson,
     assert_png,
     browser,  # noqa: F401  (fixture)
     free_port,
@@ -55,6 +55,33 @@ GAUGE_RECORDER = """() => {
     if (svg.dataset.side) window.__gauge.push([Number(svg.dataset.yaw), svg.dataset.side]);
   }).observe(svg, { attributes: true, attributeFilter: ["data-side", "data-yaw"] });
 }"""
+
+
+# What the overlay draws on which picture: the frame shown and the view drawn on it.
+SYNC = """(() => { const d = document.getElementById("overlay").dataset;
+  return { tracks: JSON.parse(d.tracks || "[]").length, frame: d.frame, drawnTime: d.drawnTime,
+    drawnScene: d.drawnScene, shownFrame: d.shownFrame, shownTime: d.shownTime,
+    shownScene: d.shownScene }; })()"""
+MAX_LAG = 0.25  # s of stream time a view drawn may be older than its picture (overlay.js)
+
+
+def boxes_match_the_picture(page: Any, samples: int = 40, every_ms: int = 100) -> float:
+    """Samples the overlay: whenever boxes are drawn, they are of the picture shown or of a
+    moment just before it in the same scene. Returns the share of samples with boxes."""
+    drawn = 0
+    for _ in range(samples):
+        d = page.evaluate(SYNC)
+        if d["tracks"]:
+            drawn += 1
+            assert d["frame"] and d["shownFrame"], d
+            assert int(d["frame"]) <= int(d["shownFrame"]), d
+            assert d["drawnScene"] == d["shownScene"], d
+            lag = float(d["shownTime"]) - float(d["drawnTime"])
+            assert 0 <= lag <= MAX_LAG + 1e-6, d
+        else:
+            assert d["frame"] == "", d
+        page.wait_for_timeout(every_ms)
+    return drawn / samples
 
 
 def seconds(page: Any, selector: str) -> int | None:
@@ -154,6 +181,11 @@ def test_live_overlay_countdowns_reoffer_greeting_and_workspace(
         # -- greeted at once, and the box says who it is ---------------------------------------
         until(page, "document.getElementById('presence').textContent === 'Grace recognized'", 5_000)
         until(page, f"{TRACKS}.some(t => t.state === 'known' && t.name === 'Grace')", 5_000)
+
+        # -- the boxes are those of the picture shown (video.js labels each, overlay.js matches) -
+        share = boxes_match_the_picture(page)
+        print(f"\nboxes drawn in {share:.0%} of the samples, each on its own picture")
+        assert share >= 0.75, share
         shot(page.locator(".video-wrap"), "panel-overlay.png")
         until(page, f'!document.querySelector("{row}")', 4_000)  # no stranger any more
 
