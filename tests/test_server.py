@@ -653,7 +653,7 @@ def test_snapshot_is_a_jpeg_of_the_video(serve: Serve, face_dir: Path) -> None:
 
 
 def test_each_mjpeg_part_names_its_frame(serve: Serve, face_dir: Path) -> None:
-    with serve(ImageFolderSource(face_dir, fps=10)) as (client, runtime):
+    with serve(ImageFolderSource(face_dir, fps=10)) as (client, _runtime):
         with client.stream("GET", "/video.mjpg") as r:
             buf = b""
             for chunk in r.iter_bytes():
