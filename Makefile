@@ -43,6 +43,10 @@ fuzz:
 
 bench:
 	$(PY) bench/foundation.py
+	# Re-derives recognition.threshold / duplicate_threshold (about 2-3 minutes).
+	$(PY) bench/calibrate.py
+	# How recognition falls with face size and head turn (the tables of docs/accuracy.md).
+	$(PY) bench/robustness.py
 	$(PY) bench/openset.py
 	$(PY) bench/gallery.py
 	$(PY) bench/startup.py
@@ -50,6 +54,8 @@ bench:
 	$(PY) bench/ws_fanout.py
 	$(PY) bench/upload_flood.py
 	$(PY) bench/greeting.py
+	# A peer side by side: face_recognition 1.3 (dlib) in its own venv under ~/.cache/facegate.
+	$(PY) bench/peers.py --python $(PYTHON)
 	# The panel: unknown_person_detected on the server -> dialog visible in Chromium.
 	$(VENV)/bin/pytest -q -s tests/test_panel_browser.py | grep -E 'dialog open|passed|failed'
 

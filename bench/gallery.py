@@ -97,7 +97,7 @@ def stats(genuine: npt.NDArray[np.floating], impostor: npt.NDArray[np.floating])
 def real_statistics() -> str:
     """Genuine/impostor cosines of the default model on both deepface pair files."""
     try:
-        from facegate.face import primary
+        from facegate.face import main_face
         from facegate.faceplugin import FacepluginAnalyzer
         from facegate.images import read_image
 
@@ -115,7 +115,7 @@ def real_statistics() -> str:
         )
     embeddings: dict[str, Floats] = {}
     for file in sorted({f for a, b, _ in pairs for f in (a, b)}):
-        face = primary(analyzer.analyze(read_image(DEEPFACE / file), pose=False))
+        face, _ = main_face(analyzer, read_image(DEEPFACE / file), pose=False)
         if face is not None and face.embedding is not None:
             embeddings[file] = face.embedding
     cos = [

@@ -32,7 +32,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert s == Settings()
     assert s.models.pack == "faceplugin"
     assert s.models.threads == 1
-    assert s.recognition.threshold == 0.45
+    assert s.recognition.threshold == 0.44
     assert s.recognition.target_far == 0.001
     assert s.quality.recognition.min_face_px == 40
     assert s.quality.enrolment.min_face_px == 80

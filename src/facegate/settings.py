@@ -49,8 +49,10 @@ class DetectionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 
 class RecognitionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    # Cosine similarity at or above which two faces are the same person.
-    threshold: Cosine = 0.45
+    # Cosine similarity at or above which two faces are the same person (calibrated on LFW
+    # pairsDevTrain + the deepface pairs by bench/calibrate.py; the reasoning is in
+    # settings.toml).
+    threshold: Cosine = 0.44
     # `verify-pairs` recommends the threshold that reaches this false-accept rate.
     target_far: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.001
     # `known` needs the best person ahead of the second-best person by this much cosine;
@@ -59,8 +61,9 @@ class RecognitionSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # How a person's embeddings combine into one score for a probe: the best single match,
     # or the mean of the best two (steadier for persons with many views).
     aggregate: Literal["max", "mean_top2"] = "max"
-    # A new enrolment whose faces match an existing person at or above this is a duplicate.
-    duplicate_threshold: Cosine = 0.45
+    # A new enrolment whose faces match an existing person at or above this is a duplicate
+    # (the same calibrated point as `threshold`).
+    duplicate_threshold: Cosine = 0.44
 
 
 class IndexSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -90,12 +90,26 @@ def _csv_groups(ctx: Context, path: Path) -> tuple[dict[str, list[str]], int]:
     return groups, bad
 
 
+def _face_number(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"a face number 1, 2, ... (not {text!r})")
+    return number
+
+
 class _CsvError(Exception):
     """A CSV file that cannot be used at all."""
 
 
 def cmd_enroll(ctx: Context) -> int:
     args = ctx.args
+    if args.face is not None:
+        photos_given = len(args.images) + (1 if args.person and args.name else 0)
+        if args.from_csv or photos_given != 1:
+            return ctx.out.fail("--face N takes exactly one photo (faces differ photo to photo)")
     if args.from_csv:
         if args.name or args.images or args.person:
             return ctx.out.fail("--from-csv takes no NAME, IMG or --person")
@@ -124,14 +138,15 @@ def cmd_enroll(ctx: Context) -> int:
         failed = bad
         for key, paths in groups.items():
             photos, refused = _load(paths)
-            if args.person:
-                result = enroller.enrol(
-                    photos, person_id=key, force=args.force, actor=ACTOR, refused=refused
-                )
-            else:
-                result = enroller.enrol(
-                    photos, name=key, force=args.force, actor=ACTOR, refused=refused
-                )
+            result = enroller.enrol(
+                photos,
+                name=None if args.person else key,
+                person_id=key if args.person else None,
+                force=args.force,
+                actor=ACTOR,
+                refused=refused,
+                face=args.face,
+            )
             failed += len(result.refused) + (result.person_id is None)
             _emit_result(ctx, result)
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -310,7 +325,19 @@ def add_commands(
     p.add_argument("images", nargs="*", metavar="IMG")
     p.add_argument("--from-csv", metavar="FILE", help="CSV with columns path,name")
     p.add_argument("--person", metavar="ID", help="add the photos to this person")
-    p.add_argument("--force", action="store_true", help="enrol even if a face matches someone")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="enrol even if the face matches someone else, or (with --person) does not look"
+        " like that person; audited. Never stores the same photo twice",
+    )
+    p.add_argument(
+        "--face",
+        type=_face_number,
+        metavar="N",
+        help="take face N of the photo (1-based, as `facegate analyze` lists them) instead of"
+        " choosing; needs exactly one photo",
+    )
     p = add("identify", cmd_identify, "who is in these photos: known, ambiguous or unknown")
     p.add_argument("images", nargs="+", metavar="IMG")
     persons = sub.add_parser("persons", help="list, show, rename and erase persons")

@@ -5,11 +5,20 @@ Errors are JSON `{"error": ...}`: 400 bad input, 404 unknown ids, 409 refused en
 413 uploads over the limit (BodyLimit), 415 image formats other than JPEG, PNG, WebP and BMP,
 503 while the upload worker is full. Uploaded images are decoded and analysed on the upload
 worker's thread, never on the event loop.
+
+Enrolment (`POST /api/persons`, `POST /api/persons/{id}/photos`) is multipart: `files` (the
+photos), optional `force` (1/true/yes: enrol a face that matches someone else, or add one that
+does not look like the person; audited; never stores the same photo twice) and optional `face`
+(N: take face N of the one photo sent, 1-based in the detector's order as `POST /api/identify`
+lists them, instead of choosing; a photo with two faces of similar size is refused without
+it). The rules are `facegate.enrolment`'s; identification reports every face.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal
+from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal, Wording
 from facegate.face import Face, FaceAnalyzer, ImageArray
 from facegate.gallery import Gallery, Identification
 from facegate.images import (
@@ -38,6 +47,24 @@ from facegate.store import ErasurePendingError, Person, Store, StoreError, Unkno
 
 if TYPE_CHECKING:
     from facegate.server.runtime import Runtime
+
+API_WORDING = Wording(
+    face="send the field face=N (faces numbered as POST /api/identify lists them)",
+    force="send force=1",
+)
+
+
+def _options(form: Any, files: list[tuple[str, bytes | None]]) -> tuple[bool, int | None] | str:
+    """The form's `force` and `face` fields, or what is wrong with them."""
+    force = str(form.get("force") or "").lower() in ("1", "true", "yes")
+    raw = form.get("face")
+    if raw is None or raw == "":
+        return force, None
+    if not isinstance(raw, str) or not re.fullmatch(r"[1-9][0-9]{0,3}", raw.strip()):
+        return "field `face`: a face number 1, 2, ... (as POST /api/identify lists them)"
+    if len(files) != 1:
+        return "field `face` takes exactly one photo (faces differ photo to photo)"
+    return force, int(raw)
 
 
 def _person_dict(store: Store, p: Person) -> dict[str, Any]:
@@ -119,15 +146,19 @@ def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
             except InvalidNameError as exc:
                 return error(f"field `name`: {exc}", 400)
             files = await _read(_uploads(form, "files"))
-            force = str(form.get("force") or "").lower() in ("1", "true", "yes")
-        return await _enrol_uploaded(runtime, uploads, gallery, files, force, name=name)
+            options = _options(form, files)
+        if isinstance(options, str):
+            return error(options, 400)
+        force, face = options
+        return await _enrol_uploaded(runtime, uploads, gallery, files, force, name=name, face=face)
 
     return handler
 
 
 def person_photos(runtime: Runtime, uploads: UploadWorker) -> Handler:
-    """`POST /api/persons/{person_id}/photos` (multipart `files`, optional `force`): more
-    photos of a known person, refused one by one as `POST /api/persons` refuses them."""
+    """`POST /api/persons/{person_id}/photos` (multipart `files`, optional `force`, `face`):
+    more photos of a known person, refused one by one as `POST /api/persons` refuses them, and
+    also when a face does not look like the person or is a photo already stored."""
 
     async def handler(request: Request) -> Response:
         store, gallery = runtime.store, runtime.gallery
@@ -142,8 +173,13 @@ def person_photos(runtime: Runtime, uploads: UploadWorker) -> Handler:
             return broken
         async with request.form(max_files=20, max_fields=20, max_part_size=limit) as form:
             files = await _read(_uploads(form, "files"))
-            force = str(form.get("force") or "").lower() in ("1", "true", "yes")
-        return await _enrol_uploaded(runtime, uploads, gallery, files, force, person_id=pid)
+            options = _options(form, files)
+        if isinstance(options, str):
+            return error(options, 400)
+        force, face = options
+        return await _enrol_uploaded(
+            runtime, uploads, gallery, files, force, person_id=pid, face=face
+        )
 
     return handler
 
@@ -157,6 +193,7 @@ async def _enrol_uploaded(
     *,
     name: str | None = None,
     person_id: str | None = None,
+    face: int | None = None,
 ) -> Response:
     """The uploaded photos enrolled as a new person (`name`) or added to `person_id`, on the
     upload worker: 201, or the refusals (400 none decoded, 409 all refused), 415, 503."""
@@ -166,7 +203,12 @@ async def _enrol_uploaded(
         return unsupported
     try:
         result, decoded = await uploads.run(
-            _enrol, _enroller(runtime, gallery), files, name, force, person_id
+            functools.partial(_enrol, face=face),
+            _enroller(runtime, gallery),
+            files,
+            name,
+            force,
+            person_id,
         )
     except UploadsBusyError as exc:
         return error(str(exc), 503, {"Retry-After": "1"})
@@ -181,12 +223,14 @@ def _enroller(runtime: Runtime, gallery: Gallery) -> PhotoEnroller:
         runtime.upload_analyzer(),
         QualityValidator(runtime.settings.quality),
         thumbnails=runtime.settings.store.thumbnails,
+        wording=API_WORDING,
     )
 
 
 def _enrolled(result: EnrolResult, decoded: int) -> JSONResponse:
     """201 when photos were stored; else 400 when none could even be decoded, 409 when the
-    decoded ones were refused (no face, quality, already enrolled as someone else)."""
+    decoded ones were refused (no face, two similar faces, quality, the same photo again, not
+    like the person, already enrolled as someone else)."""
     status = 201 if result.person_id else (400 if not decoded else 409)
     return JSONResponse(msgspec.to_builtins(result), status_code=status)
 
@@ -197,6 +241,8 @@ def _enrol(
     name: str | None,
     force: bool,
     person_id: str | None = None,
+    *,
+    face: int | None = None,
 ) -> tuple[EnrolResult, int]:
     """On the upload worker: each photo is decoded only when it is analysed (one decoded
     image in memory at a time). A new person `name`, or more photos of `person_id`.
@@ -219,7 +265,13 @@ def _enrol(
             yield label, image
 
     result = enroller.enrol(
-        images(), name=name, person_id=person_id, force=force, actor="api", refused=refused
+        images(),
+        name=name,
+        person_id=person_id,
+        force=force,
+        actor="api",
+        refused=refused,
+        face=face,
     )
     return result, decoded
 
