@@ -282,6 +282,8 @@ class Quality:
     best_threshold: float
     common_auc: float  # over the pairs that both systems scored
     common_best: float
+    tar: float  # at the system's default threshold: same-person pairs accepted
+    far: float  # ... and different-person pairs accepted
 
 
 def quality(
@@ -290,8 +292,16 @@ def quality(
     rep = report(scores, pairs, threshold, FAR)
     best, best_t = best_accuracy(scores, pairs)
     cs = [s if c else None for s, c in zip(scores, common, strict=True)]
+    genuine = [x for x, p in zip(scores, pairs, strict=True) if x is not None and p.same]
+    impostor = [x for x, p in zip(scores, pairs, strict=True) if x is not None and not p.same]
     return Quality(
-        rep, best, best_t, report(cs, pairs, threshold, FAR).auc, best_accuracy(cs, pairs)[0]
+        rep,
+        best,
+        best_t,
+        report(cs, pairs, threshold, FAR).auc,
+        best_accuracy(cs, pairs)[0],
+        tar=sum(x >= threshold for x in genuine) / max(1, len(genuine)),
+        far=sum(x >= threshold for x in impostor) / max(1, len(impostor)),
     )
 
 
@@ -328,6 +338,8 @@ def print_table(
     row("", "facegate", PEER, f"{PEER} vs facegate")
     metrics: tuple[tuple[str, Callable[[Quality], float | None]], ...] = (
         ("accuracy at default threshold", lambda q: q.rep.accuracy),
+        ("  TAR at default threshold", lambda q: q.tar),
+        ("  FAR at default threshold", lambda q: q.far),
         ("best accuracy (threshold fit on pairs)", lambda q: q.best),
         ("ROC AUC", lambda q: q.rep.auc),
         # None where the impostor pairs are too few to measure it (the report says why)
