@@ -13,92 +13,79 @@ SQLite is the single source of truth; the FAISS index (`index.py`) is rebuilt fr
   the WAL checkpointed and truncated, so the vectors' bytes are gone from the files.
 - The data directory is created 0700 and the files 0600. The audit log never holds vectors,
   images or names: who did what to which person id, and when.
+
+`Store` is the one public class, and this module exports every name of the store. Beside it:
+store_types.py (the records and errors), store_schema.py (versions, migrations, which files
+are ours), store_files.py (directory and file permissions, the writer's lock, connections and
+their durability settings, WAL truncation), store_rows.py (the row writes a transaction is
+made of) and store_batch.py (several persons in one transaction, for imports).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import secrets
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
-import msgspec
 import numpy as np
-import numpy.typing as npt
 
-from facegate.names import InvalidNameError, clean_name
+from facegate import store_files, store_schema
+from facegate.store_batch import BatchWriter
+from facegate.store_files import BUSY_TIMEOUT_S, DB_NAME, LOCK_NAME, PAGE_SIZE, SQLITE_HEADER
+from facegate.store_rows import Rows, valid_name
+from facegate.store_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from facegate.store_types import (
+    AuditEntry,
+    Clock,
+    EmbeddingInfo,
+    ErasurePendingError,
+    LoggedEvent,
+    NewEmbedding,
+    Person,
+    Source,
+    StoreError,
+    StoreLockedError,
+    UnknownPersonError,
+    Vectors,
+)
 
-DB_NAME = "facegate.db"
-LOCK_NAME = "store.lock"
-APPLICATION_ID = 0x46474154  # "FGAT"
-SQLITE_HEADER = b"SQLite format 3\x00"
-PAGE_SIZE = 16384
-BUSY_TIMEOUT_S = 10.0
+__all__ = [
+    "APPLICATION_ID",
+    "BUSY_TIMEOUT_S",
+    "CHECKPOINT_WAIT_S",
+    "DB_NAME",
+    "LOCK_NAME",
+    "MIGRATIONS",
+    "PAGE_SIZE",
+    "SCHEMA_VERSION",
+    "SQLITE_HEADER",
+    "AuditEntry",
+    "BatchWriter",
+    "Clock",
+    "EmbeddingInfo",
+    "ErasurePendingError",
+    "LoggedEvent",
+    "NewEmbedding",
+    "Person",
+    "Source",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+    "UnknownPersonError",
+    "Vectors",
+]
+
 # How long erasure waits for readers to finish before reporting it could not complete yet.
 CHECKPOINT_WAIT_S = 3.0
 
-Source = Literal["photo", "registration"]
-Clock = Callable[[], float]
-
-# Forward-only migrations: MIGRATIONS[v] takes a database from version v-1 to v.
-MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE persons (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE embeddings (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        person_id TEXT NOT NULL REFERENCES persons(id) ON DELETE CASCADE,
-        vector BLOB NOT NULL,
-        pose TEXT NOT NULL,
-        quality REAL NOT NULL,
-        source TEXT NOT NULL CHECK (source IN ('photo', 'registration')),
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX embeddings_person ON embeddings(person_id);
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at REAL NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        person_id TEXT,
-        detail TEXT NOT NULL DEFAULT '{}'
-    );
-    INSERT INTO meta (key, value) VALUES ('generation', '0');
-    """,
-    2: """
-    ALTER TABLE persons ADD COLUMN note TEXT NOT NULL DEFAULT '';
-    CREATE TABLE thumbnails (
-        person_id TEXT PRIMARY KEY REFERENCES persons(id) ON DELETE CASCADE,
-        jpeg BLOB NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    """,
-    3: """
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY,
-        at REAL NOT NULL,
-        type TEXT NOT NULL,
-        person_id TEXT,
-        data TEXT NOT NULL
-    );
-    CREATE INDEX events_at ON events(at);
-    CREATE INDEX events_person ON events(person_id);
-    """,
-}
-SCHEMA_VERSION = max(MIGRATIONS)
+# The old name of `store_schema.statements`, for tests that build old databases by hand.
+_statements = store_schema.statements
 
 
 class _Fetched:
@@ -110,93 +97,6 @@ class _Fetched:
 
     def fetchone(self) -> Any:
         return self._rows[0] if self._rows else None
-
-
-class StoreError(Exception):
-    """The store cannot be used as asked; the message says why and what to do."""
-
-
-class StoreLockedError(StoreError):
-    """Another process holds the data directory for writing."""
-
-
-class UnknownPersonError(StoreError, KeyError):
-    def __init__(self, person_id: str) -> None:
-        super().__init__(f"no person with id {person_id!r}")
-        self.person_id = person_id
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class ErasurePendingError(StoreError):
-    """The person is deleted, but a reader still holds a snapshot with their data: the bytes
-    leave the files when it finishes (retried at every later write and at close)."""
-
-    def __init__(self, person_id: str, removed_ids: list[int]) -> None:
-        super().__init__(
-            f"person {person_id} is deleted, but another process is still reading the old"
-            " data; it will be wiped from disk as soon as that read ends (or at the next"
-            " write or close)"
-        )
-        self.person_id = person_id
-        self.removed_ids = removed_ids
-
-
-class NewEmbedding(msgspec.Struct, frozen=True):
-    vector: npt.NDArray[np.float32]
-    pose: str = "front"
-    quality: float = 0.0
-    source: Source = "photo"
-
-
-class EmbeddingInfo(msgspec.Struct, frozen=True):
-    id: int
-    pose: str
-    quality: float
-    source: str
-    created_at: float
-
-
-class Person(msgspec.Struct, frozen=True):
-    id: str
-    name: str
-    note: str
-    created_at: float
-    updated_at: float
-    embeddings: int
-    poses: list[str]
-
-
-class AuditEntry(msgspec.Struct, frozen=True):
-    id: int
-    at: float
-    actor: str
-    action: str
-    person_id: str | None
-    detail: dict[str, Any]
-
-
-class LoggedEvent(msgspec.Struct, frozen=True):
-    seq: int
-    at: float  # unix time
-    type: str
-    person_id: str | None
-    data: str  # the event's data as JSON
-
-
-class Vectors(msgspec.Struct, frozen=True):
-    """Every embedding, for building the index: row ids, their persons and the matrix."""
-
-    ids: npt.NDArray[np.int64]
-    person_ids: list[str]
-    matrix: npt.NDArray[np.float32]  # (n, dim)
-
-
-def _secure_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o700)
 
 
 class Store:
@@ -225,74 +125,37 @@ class Store:
         if readonly:
             if not db.exists():
                 raise StoreError(f"no facegate data in {data_dir} (no {DB_NAME}); enrol someone")
-            _check_header(db)
-            reader = _connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
-            store = cls(reader, data_dir, None, clock)
+            store_files.check_header(db)
+            reader = store_files.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
             try:
-                store._check_schema(readonly=True)
+                store_schema.check_schema(reader, db, readonly=True)
             except BaseException:
                 reader.close()
                 raise
-            return store
-        _secure_dir(data_dir)
-        lock = _take_lock(data_dir)
+            return cls(reader, data_dir, None, clock)
+        store_files.secure_dir(data_dir)
+        lock = store_files.take_lock(data_dir)
         conn: sqlite3.Connection | None = None
         try:
             if db.exists():
-                _check_header(db)
+                store_files.check_header(db)
             else:
-                os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            conn = _connect(str(db))
-            store = cls(conn, data_dir, lock, clock)
+                store_files.create_private(db)
+            conn = store_files.connect(str(db))
             # Look before touching: a foreign or newer database is refused unchanged.
-            version = store._check_schema(readonly=False)
-            os.chmod(db, 0o600)
-            _configure_writer(conn)
-            if version < SCHEMA_VERSION:
-                store._migrate(version)
+            version = store_schema.check_schema(conn, db, readonly=False)
+            store_files.make_private(db)
+            store_files.configure_writer(conn)
+            store = cls(conn, data_dir, lock, clock)
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                with store._transaction() as tx:
+                    store_schema.migrate_to(tx, target)
         except BaseException:
             if conn is not None:
                 conn.close()
             lock.close()
             raise
         return store
-
-    def _check_schema(self, *, readonly: bool) -> int:
-        """The schema version to migrate from; raises for files that are not ours."""
-        try:
-            app_id = self._scalar("PRAGMA application_id")
-            version = self._scalar("PRAGMA user_version")
-            tables = self._scalar("SELECT count(*) FROM sqlite_master")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is damaged or not a database: {exc}") from None
-        if app_id == 0 and version == 0 and tables == 0:
-            if readonly:
-                raise StoreError(f"{self.path} is empty; enrol someone first")
-            return 0
-        if app_id != APPLICATION_ID:
-            raise StoreError(
-                f"{self.path} is an SQLite database of another program (application_id"
-                f" {app_id:#x}); refusing to use or change it. Point --data at another directory."
-            )
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {version}, newer than this facegate knows"
-                f" ({SCHEMA_VERSION}); upgrade facegate"
-            )
-        if version < SCHEMA_VERSION and readonly:
-            raise StoreError(
-                f"{self.path} has schema version {version}; open it once for writing (any"
-                " writing command, or `facegate serve`) to migrate it"
-            )
-        return int(version)
-
-    def _migrate(self, current: int) -> None:
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self._transaction():
-                for statement in _statements(MIGRATIONS[version]):
-                    self._conn.execute(statement)
-                self._conn.execute(f"PRAGMA user_version = {version}")
-                self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     @property
     def path(self) -> Path:
@@ -439,61 +302,11 @@ class Store:
             if self.erasure_pending:
                 self.checkpoint(wait=0.0)
 
-    def _bump_generation(self, conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-
-    def _audit(
-        self,
-        conn: sqlite3.Connection,
-        actor: str,
-        action: str,
-        person_id: str | None,
-        **detail: Any,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO audit (at, actor, action, person_id, detail) VALUES (?, ?, ?, ?, ?)",
-            (self._clock(), actor, action, person_id, json.dumps(detail, sort_keys=True)),
-        )
-
-    def _check_model(self, conn: sqlite3.Connection, pack: str, dim: int) -> None:
-        stored_pack, stored_dim = self.model_pack(), self.dim()
-        if stored_pack is None:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('model_pack', ?)", (pack,))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('embedding_dim', ?)", (str(dim),))
-        elif stored_pack != pack or stored_dim != dim:
-            raise StoreError(
-                f"this data directory holds {stored_dim}-d embeddings of model pack"
-                f" {stored_pack}; pack {pack} ({dim}-d) cannot be mixed with them. Switch"
-                f" models.pack back to {stored_pack}, or use another --data directory"
-            )
-
-    def _insert_embeddings(
-        self, conn: sqlite3.Connection, person_id: str, items: Sequence[NewEmbedding], pack: str
-    ) -> list[int]:
-        if not items:
-            return []
-        dim = int(items[0].vector.shape[-1])
-        self._check_model(conn, pack, dim)
-        ids: list[int] = []
-        now = self._clock()
-        for item in items:
-            vector = _checked_vector(item.vector, dim)
-            cur = conn.execute(
-                "INSERT INTO embeddings (person_id, vector, pose, quality, source, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (person_id, vector.tobytes(), item.pose, float(item.quality), item.source, now),
-            )
-            assert cur.lastrowid is not None
-            ids.append(int(cur.lastrowid))
-        self._bump_generation(conn)
-        return ids
-
-    def _set_thumbnail(self, conn: sqlite3.Connection, person_id: str, jpeg: bytes | None) -> None:
-        if jpeg is not None:
-            conn.execute(
-                "INSERT OR REPLACE INTO thumbnails (person_id, jpeg, updated_at) VALUES (?, ?, ?)",
-                (person_id, jpeg, self._clock()),
-            )
+    @contextlib.contextmanager
+    def _rows(self) -> Iterator[Rows]:
+        """A transaction, and the row writes it is made of."""
+        with self._transaction() as conn:
+            yield Rows(conn, self._clock)
 
     def create_person(
         self,
@@ -507,20 +320,17 @@ class Store:
         person_id: str | None = None,
     ) -> tuple[Person, list[int]]:
         """A new person with all its embeddings and thumbnail, in one transaction."""
-        name = _clean_name(name)
+        name = valid_name(name)
         if not embeddings:
             raise StoreError("a person needs at least one embedding")
-        with self._transaction() as conn:
-            pid = person_id or self._new_id(conn)
+        with self._rows() as rows:
+            pid = person_id or rows.new_person_id()
             now = self._clock()
-            conn.execute(
-                "INSERT INTO persons (id, name, note, created_at, updated_at) VALUES (?,?,?,?,?)",
-                (pid, name, note, now, now),
-            )
-            ids = self._insert_embeddings(conn, pid, embeddings, pack)
-            self._set_thumbnail(conn, pid, thumbnail)
+            rows.insert_person(pid, name, note, now, now)
+            ids = rows.insert_embeddings(pid, embeddings, pack)
+            rows.set_thumbnail(pid, thumbnail)
             sources = sorted({e.source for e in embeddings})
-            self._audit(conn, actor, "enrol", pid, embeddings=len(ids), sources=sources)
+            rows.audit(actor, "enrol", pid, embeddings=len(ids), sources=sources)
         return self.person(pid), ids
 
     def add_embeddings(
@@ -534,44 +344,44 @@ class Store:
     ) -> list[int]:
         if not embeddings:
             raise StoreError("no embeddings to add")
-        with self._transaction() as conn:
+        with self._rows() as rows:
             self.person(person_id)
-            ids = self._insert_embeddings(conn, person_id, embeddings, pack)
-            self._set_thumbnail(conn, person_id, thumbnail)
-            conn.execute(
+            ids = rows.insert_embeddings(person_id, embeddings, pack)
+            rows.set_thumbnail(person_id, thumbnail)
+            rows.conn.execute(
                 "UPDATE persons SET updated_at = ? WHERE id = ?", (self._clock(), person_id)
             )
-            self._audit(conn, actor, "add_embeddings", person_id, embeddings=len(ids))
+            rows.audit(actor, "add_embeddings", person_id, embeddings=len(ids))
         return ids
 
     def rename(self, person_id: str, name: str, *, actor: str) -> Person:
-        name = _clean_name(name)
-        with self._transaction() as conn:
+        name = valid_name(name)
+        with self._rows() as rows:
             self.person(person_id)
-            conn.execute(
+            rows.conn.execute(
                 "UPDATE persons SET name = ?, updated_at = ? WHERE id = ?",
                 (name, self._clock(), person_id),
             )
-            self._audit(conn, actor, "rename", person_id)
+            rows.audit(actor, "rename", person_id)
         return self.person(person_id)
 
     def delete_person(self, person_id: str, *, actor: str) -> list[int]:
         """Erase a person: rows, thumbnail and (after a WAL checkpoint) their bytes on disk.
 
         Returns the removed embedding row ids (for the index)."""
-        with self._transaction() as conn:
+        with self._rows() as rows:
             self.person(person_id)
             ids = [
                 int(r[0])
-                for r in conn.execute(
+                for r in rows.conn.execute(
                     "SELECT id FROM embeddings WHERE person_id = ?", (person_id,)
                 ).fetchall()
             ]
-            conn.execute("DELETE FROM persons WHERE id = ?", (person_id,))
+            rows.conn.execute("DELETE FROM persons WHERE id = ?", (person_id,))
             # The event history names them too: erased with them.
-            conn.execute("DELETE FROM events WHERE person_id = ?", (person_id,))
-            self._bump_generation(conn)
-            self._audit(conn, actor, "delete", person_id, embeddings=len(ids))
+            rows.conn.execute("DELETE FROM events WHERE person_id = ?", (person_id,))
+            rows.bump_generation()
+            rows.audit(actor, "delete", person_id, embeddings=len(ids))
         self.erasure_pending = True
         if not self.checkpoint():
             raise ErasurePendingError(person_id, ids)
@@ -656,22 +466,10 @@ class Store:
         """Copy the WAL into the database and truncate it, waiting at most `wait` seconds for
         readers; False if a reader still holds old pages (retried at the next write/close)."""
         with self._mutex:
-            return self._checkpoint_locked(wait)
-
-    def _checkpoint_locked(self, wait: float) -> bool:
-        deadline = time.monotonic() + wait
-        self._conn.execute("PRAGMA busy_timeout = 50")
-        try:
-            while True:
-                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if not busy:
-                    self.erasure_pending = False
-                    return True
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.05)
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            done = store_files.truncate_wal(self._conn, wait)
+            if done:
+                self.erasure_pending = False
+            return done
 
     def prune_audit(self, *, retention_seconds: float, max_rows: int) -> int:
         """Drop audit entries older than the retention or beyond the newest `max_rows`."""
@@ -689,115 +487,14 @@ class Store:
 
     def record(self, actor: str, action: str, person_id: str | None = None, **detail: Any) -> None:
         """An audit entry on its own (exports, imports, refused attempts)."""
-        with self._transaction() as conn:
-            self._audit(conn, actor, action, person_id, **detail)
+        with self._rows() as rows:
+            rows.audit(actor, action, person_id, **detail)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[BatchWriter]:
         """Several creations in one transaction (imports): all land or none do."""
-        with self._transaction() as conn:
-            yield BatchWriter(self, conn)
-
-    def _new_id(self, conn: sqlite3.Connection) -> str:
-        while True:
-            pid = secrets.token_hex(6)
-            if conn.execute("SELECT 1 FROM persons WHERE id = ?", (pid,)).fetchone() is None:
-                return pid
-
-
-class BatchWriter:
-    def __init__(self, store: Store, conn: sqlite3.Connection) -> None:
-        self._store = store
-        self._conn = conn
-
-    def create_person(
-        self,
-        person_id: str,
-        name: str,
-        note: str,
-        created_at: float,
-        embeddings: Sequence[NewEmbedding],
-        *,
-        pack: str,
-        thumbnail: bytes | None,
-    ) -> list[int]:
-        s = self._store
-        if not embeddings:
-            raise StoreError(f"person {person_id} has no embeddings")
-        if self._conn.execute("SELECT 1 FROM persons WHERE id = ?", (person_id,)).fetchone():
-            raise StoreError(f"a person with id {person_id} already exists")
-        self._conn.execute(
-            "INSERT INTO persons (id, name, note, created_at, updated_at) VALUES (?,?,?,?,?)",
-            (person_id, _clean_name(name), note, created_at, s._clock()),
-        )
-        ids = s._insert_embeddings(self._conn, person_id, embeddings, pack)
-        s._set_thumbnail(self._conn, person_id, thumbnail)
-        return ids
-
-    def audit(self, actor: str, action: str, person_id: str | None = None, **detail: Any) -> None:
-        self._store._audit(self._conn, actor, action, person_id, **detail)
-
-
-# -- helpers ---------------------------------------------------------------------------------
-def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
-    try:
-        # One thread at a time (the server's loop, or a CLI command); the engine thread never
-        # touches SQL. check_same_thread=False lets the loop's worker threads take turns.
-        conn = sqlite3.connect(
-            target, uri=uri, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
-        )
-        conn.execute("PRAGMA foreign_keys = ON")
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{target} is damaged or not a database: {exc}") from None
-    return conn
-
-
-def _configure_writer(conn: sqlite3.Connection) -> None:
-    try:
-        # A 2 KiB embedding row leaves half of a 4 KiB page empty; 16 KiB pages hold seven.
-        # (Takes effect only on a new, empty database.)
-        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA secure_delete = ON")
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"cannot configure the database: {exc}") from None
-
-
-def _check_header(db: Path) -> None:
-    try:
-        with db.open("rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StoreError(f"cannot read {db}: {exc.strerror}") from None
-    if header and header != SQLITE_HEADER:
-        raise StoreError(
-            f"{db} is not an SQLite database (damaged, or another file); refusing to use or"
-            " overwrite it. Restore it from a backup or move it away."
-        )
-
-
-def _take_lock(data_dir: Path) -> IO[bytes]:
-    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    handle = os.fdopen(fd, "r+b")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = handle.read().decode(errors="replace").strip() or "another process"
-        handle.close()
-        raise StoreLockedError(
-            f"{data_dir} is in use by {holder}: only one facegate process may write to a data"
-            " directory. Stop it first, or use a reading command (identify, persons list)."
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}".encode())
-    handle.flush()
-    return handle
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+        with self._rows() as rows:
+            yield BatchWriter(rows)
 
 
 def _person(row: tuple[Any, ...]) -> Person:
@@ -811,22 +508,3 @@ def _person(row: tuple[Any, ...]) -> Person:
         embeddings=int(row[5]),
         poses=poses,
     )
-
-
-def _clean_name(name: str) -> str:
-    try:
-        return clean_name(name)
-    except InvalidNameError as exc:
-        raise StoreError(str(exc)) from None
-
-
-def _checked_vector(vector: npt.NDArray[np.float32], dim: int) -> npt.NDArray[np.float32]:
-    v = np.asarray(vector, dtype="<f4").reshape(-1)
-    if v.shape[0] != dim:
-        raise StoreError(f"embedding has {v.shape[0]} dimensions, expected {dim}")
-    if not np.isfinite(v).all():
-        raise StoreError("embedding has non-finite values")
-    norm = float(np.linalg.norm(v))
-    if abs(norm - 1.0) > 1e-3:
-        raise StoreError(f"embedding is not L2-normalised (norm {norm:.4f})")
-    return v
