@@ -265,3 +265,15 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["analyze"])
     assert exc.value.code == 2
+
+
+def test_schema_command_prints_what_the_server_serves(
+    capsys: pytest.CaptureFixture[str], env: Path
+) -> None:
+    """`facegate schema` is the same document as `GET /api/schema`: events, tracks, replies."""
+    from facegate.server.protocol import wire_schema
+
+    code, lines, _ = run(capsys, "schema", "--json")
+    assert code == 0 and lines == [json.loads(json.dumps(wire_schema()))]
+    names = {v["properties"]["type"]["const"] for v in lines[0]["oneOf"]}
+    assert {"person_recognized", "tracks", "connected", "decision_result", "pong", "error"} <= names

@@ -3,7 +3,9 @@ accepts is clean and stable."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -68,3 +70,11 @@ def test_printable_escapes_what_a_terminal_would_obey() -> None:
     assert printable("Eve\x1b[2J\u202e") == "Eve\\u001b[2J\\u202e"
     assert printable("two\nlines") == "two\nlines"
     assert printable("Zoé 李") == "Zoé 李"
+
+
+def test_the_panels_name_field_takes_what_the_rule_takes() -> None:
+    """The limit lives in `names.MAX_NAME`; the panel's field may not cut a valid name."""
+    html = (Path(__file__).resolve().parents[1] / "static" / "index.html").read_text()
+    fields = re.findall(r'<input[^>]*id="register-name"[^>]*>', html)
+    assert len(fields) == 1
+    assert re.findall(r'maxlength="(\d+)"', fields[0]) == [str(MAX_NAME)]

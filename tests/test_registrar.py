@@ -25,6 +25,7 @@ from facegate.events import (
 )
 from facegate.face import ImageArray
 from facegate.faceplugin import FacepluginAnalyzer
+from facegate.focus import RegistrationFocus
 from facegate.gallery import Gallery
 from facegate.images import read_image
 from facegate.registrar import Registrar
@@ -75,11 +76,12 @@ class Rig:
         self.now = 0.0
         self.frame_no = 0
         self.events: list[Event] = []
-        self.engine = Engine(analyzer, gallery, settings, self._publish)
+        focus = RegistrationFocus()  # the one hand-off between the two
+        self.engine = Engine(analyzer, gallery, settings, self._publish, focus=focus)
         self.registrar = Registrar(
-            gallery, settings, self.events.append, engine=self.engine, clock=lambda: self.now
+            gallery, settings, self.events.append, focus=focus, clock=lambda: self.now
         )
-        self.engine.on_observation = self.registrar.observe
+        focus.listen(self.registrar.observe)
 
     def _publish(self, event: Event) -> None:
         self.events.append(event)

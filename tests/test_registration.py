@@ -48,15 +48,15 @@ from facegate.pose_guide import (
     next_step,
 )
 from facegate.registration import (
-    Capture,
-    Decision,
     Effect,
     IllegalTransitionError,
     Input,
     Observation,
     Offer,
+    OperatorDecision,
     PersonLeft,
     Phase,
+    PoseSample,
     Publish,
     Reply,
     Reset,
@@ -142,7 +142,7 @@ def offered(cfg: RegistrationSettings = CFG, track: int = TRACK, now: float = T0
 
 
 def approved(cfg: RegistrationSettings = CFG, name: str | None = "Ada", now: float = T0) -> State:
-    state, _ = step(offered(cfg, now=now), Decision(True, name, "op"), now, cfg)
+    state, _ = step(offered(cfg, now=now), OperatorDecision(True, name, "op"), now, cfg)
     assert state.phase is Phase.CAPTURING
     return state
 
@@ -217,7 +217,7 @@ def test_idle_unknown_offered_awaits_decision_with_a_countdown() -> None:
 
 def test_idle_decision_is_refused_without_state_change() -> None:
     state = State()
-    nxt, effects = step(state, Decision(True, "Ada", "op1"), T0, CFG)
+    nxt, effects = step(state, OperatorDecision(True, "Ada", "op1"), T0, CFG)
     assert nxt == state
     assert effects == [Reply("op1", False, "no registration is waiting for a decision")]
 
@@ -247,7 +247,7 @@ def test_reset_in_idle_only_announces_ready() -> None:
 # -- awaiting a decision -----------------------------------------------------------------------
 def test_approve_starts_the_capture_with_the_front_instruction() -> None:
     cfg = RegistrationSettings(angle_timeout_seconds=9.0)
-    state, effects = step(offered(cfg), Decision(True, "Ada", "op1"), T0 + 2, cfg)
+    state, effects = step(offered(cfg), OperatorDecision(True, "Ada", "op1"), T0 + 2, cfg)
     assert state.phase is Phase.CAPTURING
     assert state.pose == "front" and state.pose_index == 0
     assert state.name == "Ada" and state.track_id == TRACK
@@ -276,7 +276,7 @@ def test_approve_starts_the_capture_with_the_front_instruction() -> None:
 
 
 def test_approve_without_name_keeps_none_for_the_runtime_to_name() -> None:
-    state, effects = step(offered(), Decision(True, None, "op"), T0, CFG)
+    state, effects = step(offered(), OperatorDecision(True, None, "op"), T0, CFG)
     assert state.phase is Phase.CAPTURING and state.name is None
     (ev,) = of(effects, RegistrationApproved)
     assert ev.name == "" and ev.message == "Registering the new person"
@@ -287,7 +287,7 @@ def test_approve_without_name_keeps_none_for_the_runtime_to_name() -> None:
 
 
 def test_decline_cancels_and_replies() -> None:
-    state, effects = step(offered(), Decision(False, None, "op2"), T0 + 1, CFG)
+    state, effects = step(offered(), OperatorDecision(False, None, "op2"), T0 + 1, CFG)
     assert state.phase is Phase.IDLE and state.track_id is None
     assert effects[0] == Reply("op2", True, "declined")
     (cancelled,) = published(effects)
@@ -297,7 +297,7 @@ def test_decline_cancels_and_replies() -> None:
 
 def test_declined_track_not_offered_again_until_cooldown_passes() -> None:
     cfg = RegistrationSettings(decline_cooldown_seconds=60.0)
-    state, _ = step(offered(cfg), Decision(False, None, "op"), T0, cfg)
+    state, _ = step(offered(cfg), OperatorDecision(False, None, "op"), T0, cfg)
     for now in (T0, T0 + 30, T0 + 59.9):
         nxt, effects = step(state, UnknownOffered(TRACK), now, cfg)
         assert nxt.phase is Phase.IDLE and effects == []
@@ -310,7 +310,7 @@ def test_declined_track_not_offered_again_until_cooldown_passes() -> None:
 
 def test_decline_cooldown_survives_a_later_registration_and_expires() -> None:
     cfg = RegistrationSettings(decline_cooldown_seconds=60.0)
-    state, _ = step(offered(cfg), Decision(False, None, "op"), T0, cfg)
+    state, _ = step(offered(cfg), OperatorDecision(False, None, "op"), T0, cfg)
     state, _ = step(state, UnknownOffered(TRACK + 1), T0 + 1, cfg)
     state, _ = step(state, PersonLeft(TRACK + 1), T0 + 2, cfg)
     assert state.phase is Phase.IDLE
@@ -320,7 +320,7 @@ def test_decline_cooldown_survives_a_later_registration_and_expires() -> None:
 
 
 def test_declined_track_zero_is_not_offered_again() -> None:
-    state, _ = step(offered(track=0), Decision(False, None, "op"), T0, CFG)
+    state, _ = step(offered(track=0), OperatorDecision(False, None, "op"), T0, CFG)
     nxt, _ = step(state, UnknownOffered(0), T0 + 1, CFG)
     assert nxt.phase is Phase.IDLE
 
@@ -339,7 +339,7 @@ def test_decision_timeout_cancels_at_the_deadline_not_before() -> None:
 
 def test_decision_after_the_deadline_is_refused() -> None:
     cfg = RegistrationSettings(decision_timeout_seconds=30.0)
-    state, effects = step(offered(cfg), Decision(True, "Ada", "op"), T0 + 31.0, cfg)
+    state, effects = step(offered(cfg), OperatorDecision(True, "Ada", "op"), T0 + 31.0, cfg)
     assert state.phase is Phase.IDLE
     assert next(e for e in effects if isinstance(e, Reply)).ok is False
 
@@ -369,7 +369,7 @@ def test_awaiting_stored_is_illegal() -> None:
 
 def test_second_decision_is_already_decided() -> None:
     state = approved()
-    for decision in (Decision(True, "Bo", "op2"), Decision(False, None, "op3")):
+    for decision in (OperatorDecision(True, "Bo", "op2"), OperatorDecision(False, None, "op3")):
         nxt, effects = step(state, decision, T0 + 1, CFG)
         assert nxt == state
         assert effects == [Reply(decision.client, False, "already decided")]
@@ -642,7 +642,7 @@ def test_validating_ignores_frames_time_and_departures() -> None:
     ):
         nxt, effects = step(state, event, T0 + 10_000, CFG)
         assert nxt == state and effects == []
-    nxt, effects = step(state, Decision(True, "Bo", "op"), T0, CFG)
+    nxt, effects = step(state, OperatorDecision(True, "Bo", "op"), T0, CFG)
     assert nxt == state and effects == [Reply("op", False, "already decided")]
 
 
@@ -665,9 +665,9 @@ def test_transient_phases_are_never_stepped(phase: Phase) -> None:
 
 
 # -- consistency of the captures ---------------------------------------------------------------
-def captures(vectors: list[Vector]) -> tuple[Capture, ...]:
+def captures(vectors: list[Vector]) -> tuple[PoseSample, ...]:
     poses = [p for p in POSE_ORDER for _ in range(3)]
-    return tuple(Capture(p, v, 0.0, 0.0) for p, v in zip(poses, vectors, strict=True))
+    return tuple(PoseSample(p, v, 0.0, 0.0) for p, v in zip(poses, vectors, strict=True))
 
 
 def test_consistent_when_all_captures_are_one_person() -> None:
@@ -694,7 +694,7 @@ def test_happy_path_event_sequence() -> None:
     cfg = RegistrationSettings()
     run = Run(State(), cfg)
     run.feed(UnknownOffered(TRACK))
-    run.feed(Decision(True, "Ada", "op"))
+    run.feed(OperatorDecision(True, "Ada", "op"))
     run.capture_all()  # the clock stands still: one feedback per pose
     job = run.effects[-1]
     assert isinstance(job, ValidateAndStore)
@@ -746,7 +746,7 @@ def test_typing_never_shortens_the_deadline() -> None:
 def test_the_extension_is_per_question() -> None:
     cfg = RegistrationSettings(decline_cooldown_seconds=0.0)
     state, _ = step(offered(cfg), Typing("op"), T0 + 1.0, cfg)
-    state, _ = step(state, Decision(False, None, "op"), T0 + 2.0, cfg)
+    state, _ = step(state, OperatorDecision(False, None, "op"), T0 + 2.0, cfg)
     assert state.extended is False
     state, _ = step(state, UnknownOffered(TRACK + 1), T0 + 3.0, cfg)
     assert state.extended is False
@@ -754,7 +754,7 @@ def test_the_extension_is_per_question() -> None:
     assert effects[0] == Reply("op", True, "extended")
     # and it ends with the question when the capture starts
     capturing, _ = step(state, Typing("op"), T0 + 4.0, cfg)
-    capturing, _ = step(capturing, Decision(True, "Ada", "op"), T0 + 5.0, cfg)
+    capturing, _ = step(capturing, OperatorDecision(True, "Ada", "op"), T0 + 5.0, cfg)
     assert capturing.phase is Phase.CAPTURING and capturing.extended is False
 
 
@@ -799,9 +799,9 @@ def test_offer_in_idle_starts_capturing_like_an_approval() -> None:
 
 def test_offer_after_a_decline_starts_capturing_and_forgets_the_decline() -> None:
     cfg = RegistrationSettings(decline_cooldown_seconds=60.0)
-    state, _ = step(offered(cfg), Decision(False, None, "op"), T0, cfg)
+    state, _ = step(offered(cfg), OperatorDecision(False, None, "op"), T0, cfg)
     state, _ = step(state, UnknownOffered(TRACK + 1), T0, cfg)
-    state, _ = step(state, Decision(False, None, "op"), T0, cfg)
+    state, _ = step(state, OperatorDecision(False, None, "op"), T0, cfg)
     assert {t for t, _ in state.declined} == {TRACK, TRACK + 1}
     state, effects = step(state, Offer(TRACK, None, "op"), T0 + 1.0, cfg)
     assert state.phase is Phase.CAPTURING and state.track_id == TRACK
@@ -818,7 +818,9 @@ def test_offer_of_the_face_in_question_is_an_approval() -> None:
         state, effects = step(offered(), Offer(TRACK, "Ada", "op"), now, CFG)
         assert state.phase is Phase.CAPTURING and state.name == "Ada"
         assert state.track_id == TRACK and state.deadline == now + CFG.angle_timeout_seconds
-        assert kinds(effects) == kinds(step(offered(), Decision(True, "Ada", "op"), T0, CFG)[1])
+        assert kinds(effects) == kinds(
+            step(offered(), OperatorDecision(True, "Ada", "op"), T0, CFG)[1]
+        )
 
 
 def test_offer_of_another_face_while_one_is_in_question_is_refused() -> None:
@@ -845,7 +847,7 @@ def test_instructions_carry_the_pose_timeout() -> None:
     instructions = of(run.effects, RegistrationAngleInstruction)
     assert len(instructions) == 4
     assert {i.timeout_seconds for i in instructions} == {12.0}
-    _, effects = step(offered(cfg), Decision(True, None, "op"), T0, cfg)
+    _, effects = step(offered(cfg), OperatorDecision(True, None, "op"), T0, cfg)
     (first,) = of(effects, RegistrationAngleInstruction)
     assert first.timeout_seconds == 12.0
 
@@ -1134,12 +1136,12 @@ def test_a_pose_timeout_says_what_to_do(pose: str) -> None:
 def test_every_cancellation_names_the_face_and_the_next_step() -> None:
     cfg = RegistrationSettings(decision_timeout_seconds=30.0)
     cases = {
-        "declined": step(offered(cfg), Decision(False, None, "op"), T0, cfg)[1],
+        "declined": step(offered(cfg), OperatorDecision(False, None, "op"), T0, cfg)[1],
         "decision_timeout": step(offered(cfg), Tick(), T0 + 30.0, cfg)[1],
         "person_left": step(offered(cfg), PersonLeft(TRACK), T0, cfg)[1],
         "reset": step(offered(cfg), Reset(), T0, cfg)[1],
     }
-    cases["late"] = step(offered(cfg), Decision(True, None, "op"), T0 + 31.0, cfg)[1]
+    cases["late"] = step(offered(cfg), OperatorDecision(True, None, "op"), T0 + 31.0, cfg)[1]
     cases["left_capturing"] = step(approved(cfg), PersonLeft(TRACK), T0, cfg)[1]
     cases["reset_validating"] = step(validating(cfg), Reset(), T0, cfg)[1]
     steps = {}
@@ -1210,7 +1212,9 @@ class RegistrationModel(RuleBasedStateMachine):
         self.store_seen = 0
         self.pending: ValidateAndStore | None = None
         self.reg_track: int | None = None
-        self.approved = False  # an approving Decision (or Offer) accepted in this registration
+        self.approved = (
+            False  # an approving OperatorDecision (or Offer) accepted in this registration
+        )
         self.name: str | None = None
         self.jobs = 0  # ValidateAndStore effects in this registration
         self.declined: dict[int, float] = {}
@@ -1336,7 +1340,7 @@ class RegistrationModel(RuleBasedStateMachine):
         client=st.sampled_from(["a", "b"]),
     )
     def decide(self, register: bool, name: str | None, client: str) -> None:
-        prev, effects = self._step(Decision(register, name, client))
+        prev, effects = self._step(OperatorDecision(register, name, client))
         replies = [e for e in effects if isinstance(e, Reply)]
         assert len(replies) == 1 and replies[0].client == client
         if prev.phase is not Phase.AWAITING_DECISION:

@@ -29,7 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from facegate.events import SystemReady
+from facegate.events import AnyEvent, SystemReady
 from facegate.face import FaceAnalyzer
 from facegate.server.annotate import blank as blank_frame
 from facegate.server.annotate import jpeg, placeholder
@@ -589,6 +589,84 @@ def test_schema_is_the_json_schema_of_the_events(client: TestClient) -> None:
         "source_status",
         "registration_complete",
     } <= names
+
+
+def test_schema_lists_every_message_the_server_sends(client: TestClient) -> None:
+    """Every event, `tracks` and the four replies to one client are in /api/schema, and what
+    the server really sends validates against it."""
+    schema = client.get("/api/schema").json()
+    names = [v["properties"]["type"]["const"] for v in schema["oneOf"]]
+    assert len(names) == len(set(names))
+    events = {kind.__struct_config__.tag for kind in AnyEvent.__args__}
+    replies = {"connected", "pong", "error", "decision_result"}
+    assert events | {"tracks"} | replies == set(names)
+    with connect(client) as ws:
+        sent = [recv(ws)]
+        ws.send_json({"type": "ping"})
+        sent.append(wait_for(ws, "pong"))
+        ws.send_text("not json")
+        sent.append(wait_for(ws, "error"))
+        ws.send_json({"type": "registration_decision", "data": {"register": False}})
+        sent.append(wait_for(ws, "decision_result"))
+    assert [m["type"] for m in sent] == ["connected", "pong", "error", "decision_result"]
+    assert set(sent[0]["data"]) >= {"message", "current_event", "system_ready", "status", "role"}
+    for message in sent:
+        assert conforms(message, schema, schema), message
+    # ... and the check is a real one.
+    broken = {**sent[0], "data": {k: v for k, v in sent[0]["data"].items() if k != "status"}}
+    assert not conforms(broken, schema, schema)
+    assert not conforms(
+        {**sent[0], "data": {**sent[0]["data"], "system_ready": "yes"}}, schema, schema
+    )
+    assert not conforms({**sent[1], "type": "pang"}, schema, schema)
+
+
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def conforms(value: Any, node: dict[str, Any], root: dict[str, Any]) -> bool:
+    """Whether `value` is valid under `node`: the subset of JSON Schema msgspec generates
+    ($ref, oneOf, anyOf, const, enum, type, properties, required, additionalProperties, items).
+    jsonschema is not a dependency."""
+    if "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        return conforms(value, target, root)
+    if "oneOf" in node and sum(conforms(value, n, root) for n in node["oneOf"]) != 1:
+        return False
+    if "anyOf" in node and not any(conforms(value, n, root) for n in node["anyOf"]):
+        return False
+    if "const" in node and value != node["const"]:
+        return False
+    if "enum" in node and value not in node["enum"]:
+        return False
+    if "type" in node:
+        kinds = node["type"] if isinstance(node["type"], list) else [node["type"]]
+        is_bool = isinstance(value, bool)
+        if not any(
+            isinstance(value, JSON_TYPES[k]) and (k == "boolean" or not is_bool) for k in kinds
+        ):
+            return False
+    if isinstance(value, dict):
+        properties = node.get("properties", {})
+        if any(key not in value for key in node.get("required", [])):
+            return False
+        if node.get("additionalProperties") is False and set(value) - set(properties):
+            return False
+        if not all(conforms(v, properties[k], root) for k, v in value.items() if k in properties):
+            return False
+    if isinstance(value, list) and "items" in node:
+        return all(conforms(v, node["items"], root) for v in value)
+    return True
 
 
 METRIC_LINE = re.compile(

@@ -6,8 +6,8 @@ re-check, or an ambiguous association); identify through the gallery; settle ide
 vote; time the stability of unknown faces. Events:
 - `person_recognized` once per appearance of a known person (a track, or the same person
   coming back before `left_after_seconds`), also when a track first settled as unknown turns
-  out to be someone (just registered on it: `adopt`; or enrolled from photos meanwhile: every
-  unidentified track is identified afresh when the gallery changes),
+  out to be someone (just registered on it: `RegistrationFocus.adopt`; or enrolled from
+  photos meanwhile: every unidentified track is identified afresh when the gallery changes),
 - `unknown_person_detected` once per track that is settled as nobody known and has been
   usable and still for `stable_seconds`,
 - `person_left_area` when a track has not been seen for `left_after_seconds`,
@@ -17,10 +17,16 @@ Every processed frame also yields a `Tracks` view (`latest_view`, and `on_tracks
 only the tracks matched to a detection in that frame, each named only while its latest check
 agrees with its identity. A scene cut (scene.py, or most faces replaced at once) freezes the
 old tracks, so no name continues onto whoever appears where a face was.
+
+Registration talks to the engine only through its `RegistrationFocus` (focus.py), given at
+construction: the face being registered is described with the full pose model on every frame
+and handed on, prompts wait while a registration is under way, a registered track is adopted
+as its person at the next frame, and each frame's track statuses are left there.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -42,6 +48,7 @@ from facegate.events import (
     type_name,
 )
 from facegate.face import Detection, Face, FaceAnalyzer
+from facegate.focus import RegistrationFocus, TrackStatus
 from facegate.gallery import Gallery
 from facegate.headpose import geometry_pose
 from facegate.monitor import Monitor
@@ -79,6 +86,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         unknowns: RecentUnknowns | None = None,
         on_tracks: Callable[[Tracks], None] | None = None,
+        focus: RegistrationFocus | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
@@ -93,17 +101,12 @@ class Engine:
         # unseen for left_after_seconds: one greeting per appearance, across tracks.
         self._person_seen: dict[str, float] = {}
         self._present: dict[str, Track] = {}
-        # When set (by the registration machine), no unknown is offered for registration.
-        self.prompts_paused = threading.Event()
+        # The hand-off with the registration runtime (which track is registered, where its
+        # observations go, its thumbnail, paused prompts, adoptions): see focus.py.
+        self.focus = focus if focus is not None else RegistrationFocus()
         # The latest processed frame with its faces, set together (readers on other threads
         # always get a frame and the view of that very frame).
         self.latest: tuple[Frame, Tracks] | None = None
-        # Registration: the track being captured (set by the registrar), where its face of
-        # every frame goes, and a JPEG of its most frontal view for the thumbnail.
-        self.registering: int | None = None
-        self.on_observation: Callable[[Observation], None] | None = None
-        self.registration_thumbnail: bytes | None = None
-        self._thumbnail_offset = math.inf
         self._time_offset = 0.0
         self._last_time = -math.inf
         cfg = settings.engine
@@ -113,10 +116,7 @@ class Engine:
         self.cuts = 0  # scene cuts seen
         self._previous: list[int] = []  # ids of the tracks seen in the previous frame
         self._gallery_version = gallery.version
-        # Tracks just registered as a person (from the registration runtime's thread).
-        self._adoptions: dict[int, str] = {}
-        self._adopted: set[int] = set()
-        self._adopt_lock = threading.Lock()
+        self._adopted: set[int] = set()  # tracks registered as a person (greeted as such)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, capture: Capture) -> None:
@@ -141,20 +141,6 @@ class Engine:
 
     def stop(self) -> None:
         self.stop_event.set()
-
-    def track_status(self, track_id: int) -> str:
-        """For the operator's "Register" on a face (any thread): "unknown" (in view, not
-        recognised: may be registered), "known" (recognised as someone) or "gone"."""
-        track = self.tracker.tracks.get(track_id)
-        if track is None or track.frozen:
-            return "gone"
-        return "known" if track.identity is not None else "unknown"
-
-    def adopt(self, track_id: int, person_id: str) -> None:
-        """Track `track_id` was just registered as `person_id` (any thread): from the next
-        processed frame on it is that person, greeted at once and named when it leaves."""
-        with self._adopt_lock:
-            self._adoptions[track_id] = person_id
 
     # -- one frame ---------------------------------------------------------------------------
     def frame_time(self, frame: Frame) -> float:
@@ -236,11 +222,12 @@ class Engine:
     def _view(self, frame: Frame, seen: list[Track], now: float) -> Tracks:
         h, w = frame.image.shape[:2]
         threshold = self.settings.recognition.threshold
+        registering = self.focus.track
         views = []
         for track in seen:
             person = name = None
             similarity = None if track.best_similarity <= -1.0 else track.best_similarity
-            if track.id == self.registering:
+            if track.id == registering:
                 state = "registering"
             elif self._name_holds(track, now):
                 assert track.identity is not None
@@ -301,9 +288,9 @@ class Engine:
             self._person_seen.pop(person_id, None)
 
     def _apply_adoptions(self) -> None:
-        with self._adopt_lock:
-            pending, self._adoptions = self._adoptions, {}
-        for track_id, person_id in pending.items():
+        """Tracks just registered as a person (`RegistrationFocus.adopt`): that person from
+        now on, greeted at once and named when they leave."""
+        for track_id, person_id in self.focus.take_adoptions().items():
             track = self.tracker.tracks.get(track_id)
             if track is None or self.gallery.name_of(person_id) is None:
                 continue  # gone meanwhile (or already erased)
@@ -321,31 +308,34 @@ class Engine:
 
     def _registering_index(self, detections: list[Detection]) -> int | None:
         """The detection of the face being registered, if a registration is capturing."""
-        if self.registering is None or self.on_observation is None:
-            self._thumbnail_offset = math.inf
+        registering = self.focus.capturing
+        if registering is None:
             return None
         for i, det in enumerate(detections):
             track = self.tracker.likely(det)
-            if track is not None and track.id == self.registering:
+            if track is not None and track.id == registering:
                 return i
         return None
 
     def _observe_registering(
         self, frame: Frame, seen: list[Track], described: dict[int, Face], now: float
     ) -> None:
-        """The registering face (described with the full pose model) to the registration."""
-        callback = self.on_observation
+        """The registering face (described with the full pose model) to the registration, and
+        its view to the focus as a thumbnail candidate."""
+        registering = self.focus.capturing
         for i, track in enumerate(seen):
-            if callback is None or track.id != self.registering or i not in described:
+            if registering is None or track.id != registering or i not in described:
                 continue
             face = described[i]
             usable = self.validator.for_enrolment(face).usable
-            if usable and face.yaw is not None and face.pitch is not None:
-                offset = abs(face.yaw) + abs(face.pitch)
-                if offset < self._thumbnail_offset:
-                    self._thumbnail_offset = offset
-                    self.registration_thumbnail = thumbnail_jpeg(face)
-            callback(
+            self.focus.offer_view(
+                track.id,
+                usable=usable,
+                yaw=face.yaw,
+                pitch=face.pitch,
+                jpeg=functools.partial(thumbnail_jpeg, face),
+            )
+            self.focus.observe(
                 Observation(
                     track_id=track.id,
                     frame=frame.number,
@@ -492,7 +482,7 @@ class Engine:
         if (
             track.settled_unknown
             and stable >= self.settings.engine.stable_seconds
-            and not self.prompts_paused.is_set()
+            and not self.focus.prompts_paused
             and not self.unknowns.dismissed(track.id)
         ):
             track.announced = True
@@ -531,6 +521,15 @@ class Engine:
             if now - self._person_seen.get(person_id, -math.inf) >= left_after:
                 del self._present[person_id]
                 self._left(track, person_id)
+        self.focus.show_tracks(self._statuses())
+
+    def _statuses(self) -> dict[int, TrackStatus]:
+        """Each live track as the registration sees it (a frozen track is gone)."""
+        return {
+            t.id: "known" if t.identity is not None else "unknown"
+            for t in self.tracker.tracks.values()
+            if not t.frozen
+        }
 
     def _left(self, track: Track, person_id: str | None) -> None:
         name = self.gallery.name_of(person_id) if person_id else None

@@ -269,9 +269,11 @@ def to_wire(event: Event) -> bytes:
     return _encoder.encode({"type": type_name(event), "data": data_of(event)})
 
 
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of the wire format, generated from the Structs above."""
-    members = (*AnyEvent.__args__, Tracks)
+def json_schema(*extra: type[Event], title: str = "facegate events") -> dict[str, Any]:
+    """JSON Schema of the wire format, generated from the Structs above: every event and
+    `tracks`, plus the `extra` message Structs (the server adds its replies to one client:
+    `facegate.server.protocol.wire_schema`)."""
+    members = (*AnyEvent.__args__, Tracks, *extra)
     schemas, components = msgspec.json.schema_components(members, ref_template="#/$defs/{name}")
     variants = []
     for kind, ref in zip(members, schemas, strict=True):
@@ -291,7 +293,7 @@ def json_schema() -> dict[str, Any]:
         )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "facegate events",
+        "title": title,
         "oneOf": variants,
         "$defs": components,
     }

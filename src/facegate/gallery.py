@@ -33,7 +33,8 @@ from facegate.store import ErasurePendingError, NewEmbedding, Person, Store, Sto
 INDEX_NAME = "index.faiss"
 SEARCH_DEPTH = 64  # nearest embeddings looked at per probe, grouped into persons
 
-Decision = Literal["known", "ambiguous", "unknown"]
+# The open-set answer for one probe (see the module docstring).
+Verdict = Literal["known", "ambiguous", "unknown"]
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -43,7 +44,7 @@ class Candidate(msgspec.Struct, frozen=True):
 
 
 class Identification(msgspec.Struct, frozen=True):
-    decision: Decision
+    decision: Verdict
     person_id: str | None
     name: str | None
     similarity: float | None  # the best person's score, whatever the decision
@@ -64,7 +65,7 @@ def decide(candidates: Sequence[Candidate], threshold: float, margin: float) -> 
     best = candidates[0] if candidates else None
     runner = candidates[1] if len(candidates) > 1 else None
     if best is None or best.similarity < threshold:
-        decision: Decision = "unknown"
+        decision: Verdict = "unknown"
     elif runner is not None and best.similarity - runner.similarity < margin:
         decision = "ambiguous"
     else:

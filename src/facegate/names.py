@@ -2,10 +2,13 @@
 the CLI, imports and the store itself.
 
 A name is NFC-normalised, runs of white space become one space, the ends are trimmed, and
-then it must be 1-200 characters with no control, format, line-separator, private-use,
-surrogate or unassigned characters (Unicode categories Cc, Cf, Zl, Zp, Co, Cs, Cn). That
-keeps ANSI escapes, bidi overrides and zero-width tricks out of terminals, logs and the
-panel, while any script's letters, marks, digits, punctuation and emoji are fine.
+then it must be 1 to `MAX_NAME` characters with no control, format, line-separator,
+private-use, surrogate or unassigned characters (Unicode categories Cc, Cf, Zl, Zp, Co, Cs,
+Cn). That keeps ANSI escapes, bidi overrides and zero-width tricks out of terminals, logs and
+the panel, while any script's letters, marks, digits, punctuation and emoji are fine.
+
+`MAX_NAME` is the one place the length limit lives: every door calls `clean_name`, and the
+panel's name field (`static/index.html`, `maxlength`) is checked against it by the tests.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """The registration runtime: feeds the pure machine of `registration.py` and carries out its
 effects (publish events, answer clients, validate and store the captures).
 
-It runs where the server's event loop runs; the engine thread hands it the registering face
-of every frame (`observe`) through the loop. While a registration is under way the engine
-offers no other unknown face (`Engine.prompts_paused`) and describes the registering face with
-its full pose model on every frame (`Engine.registering`). When a registration completes, the
-engine is told that the registered face is now that person (`Engine.adopt`): greeted at once.
+It runs where the server's event loop runs. It never sees the engine: both hold the same
+`RegistrationFocus` (focus.py). After every step of the machine the registrar leaves there
+which track is being captured (the engine then describes that face with its full pose model
+on every frame and hands it back through the focus: `observe`) and whether prompts are paused
+(no other unknown face is offered while a registration is under way). The focus keeps the
+face's most frontal view, stored as the person's thumbnail; a completed registration is
+adopted through it (the registered face is that person from the engine's next frame: greeted
+at once); and it says whether a face the operator offers is in view and not yet known.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -24,13 +26,14 @@ from facegate.events import (
     RegistrationComplete,
     UnknownPersonDetected,
 )
+from facegate.focus import RegistrationFocus
 from facegate.gallery import Gallery
 from facegate.names import clean_name
 from facegate.registration import (
-    Decision,
     Input,
     Observation,
     Offer,
+    OperatorDecision,
     PersonLeft,
     Phase,
     Publish,
@@ -49,9 +52,6 @@ from facegate.registration import (
 )
 from facegate.settings import Settings
 from facegate.store import NewEmbedding, StoreError
-
-if TYPE_CHECKING:
-    from facegate.engine import Engine
 
 log = logging.getLogger(__name__)
 ACTOR = "registration"
@@ -76,14 +76,14 @@ class Registrar:
         settings: Settings,
         publish: Callable[[Event], object],
         *,
-        engine: Engine | None = None,
+        focus: RegistrationFocus,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.gallery = gallery
         self.settings = settings
         self.cfg = settings.registration
         self.publish = publish
-        self.engine = engine
+        self.focus = focus
         self.clock = clock
         self.state = State()
         self.stored: list[str] = []  # person ids this runtime stored (for tests and stats)
@@ -113,7 +113,7 @@ class Registrar:
         Raises InvalidNameError for a name that breaks the rule (`facegate.names`), before
         anything happens; no name (or only white space) means a default name."""
         cleaned = clean_name(name) if register and name and name.strip() else None
-        replies = self.handle(Decision(register, cleaned or None, client))
+        replies = self.handle(OperatorDecision(register, cleaned or None, client))
         reply = next((r for r in replies if r.client == client), None)
         if reply is not None and reply.ok:
             self.last_decision = {"register": register, "name": cleaned, "client": client}
@@ -127,7 +127,7 @@ class Registrar:
         "not in view" when no such face is in view, "already recognised" when it is someone
         known, else the machine's reason (busy, another face waiting)."""
         cleaned = clean_name(name) if name and name.strip() else None
-        status = self.engine.track_status(track_id) if self.engine is not None else "gone"
+        status = self.focus.track_status(track_id)
         if status == "gone":
             return Reply(client, False, f"not in view: no face with track id {track_id} now")
         if status == "known":
@@ -167,8 +167,8 @@ class Registrar:
                         # The registered face is that person from the next frame on: greeted
                         # at once, and named when it leaves.
                         registered = done.track_id if done.track_id is not None else track
-                        if self.engine is not None and registered is not None:
-                            self.engine.adopt(registered, done.person_id)
+                        if registered is not None:
+                            self.focus.adopt(registered, done.person_id)
                         self.publish(done)
                     case Publish(event=out):
                         self.publish(out)
@@ -176,20 +176,11 @@ class Registrar:
                         replies.append(effect)
                     case ValidateAndStore():
                         pending.append(self._validate_and_store(effect))
-        self._sync_engine()
-        return replies
-
-    def _sync_engine(self) -> None:
-        if self.engine is None:
-            return
-        busy = self.state.phase is not Phase.IDLE
-        if busy:
-            self.engine.prompts_paused.set()
-        else:
-            self.engine.prompts_paused.clear()
-        self.engine.registering = (
-            self.state.track_id if self.state.phase is Phase.CAPTURING else None
+        self.focus.update(
+            track=self.state.track_id if self.state.phase is Phase.CAPTURING else None,
+            paused=self.state.phase is not Phase.IDLE,
         )
+        return replies
 
     def _validate_and_store(self, job: ValidateAndStore) -> Stored:
         """Consistency, then duplicates, then one transaction: nothing is stored otherwise."""
@@ -237,10 +228,10 @@ class Registrar:
         )
 
     def _thumbnail(self) -> bytes | None:
-        """The engine's JPEG of the most frontal usable view of the registering face."""
-        if not self.settings.store.thumbnails or self.engine is None:
+        """The JPEG of the most frontal usable view of the registering face (the focus's)."""
+        if not self.settings.store.thumbnails:
             return None
-        return self.engine.registration_thumbnail
+        return self.focus.thumbnail
 
     # -- status ------------------------------------------------------------------------------
     def status(self) -> Status:

@@ -79,7 +79,9 @@ class Typing:
 
 
 @dataclass(frozen=True)
-class Decision:
+class OperatorDecision:
+    """The operator's answer to "register this face?" (yes with an optional name, or no)."""
+
     register: bool
     name: str | None = None
     client: str = ""  # who answered, for the reply
@@ -137,7 +139,15 @@ class Reset:
 
 
 Input = (
-    UnknownOffered | Typing | Decision | Offer | Observation | PersonLeft | Stored | Tick | Reset
+    UnknownOffered
+    | Typing
+    | OperatorDecision
+    | Offer
+    | Observation
+    | PersonLeft
+    | Stored
+    | Tick
+    | Reset
 )
 
 
@@ -155,7 +165,10 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class Capture:
+class PoseSample:
+    """One captured view of a pose: its embedding and the head pose it was read at. A guided
+    capture collects `captures_per_pose` of them per pose (`State.captures`)."""
+
     pose: str
     embedding: npt.NDArray[np.float32]
     yaw: float | None
@@ -169,7 +182,7 @@ class ValidateAndStore:
     runtime answers with `Stored`."""
 
     name: str | None
-    captures: tuple[Capture, ...]
+    captures: tuple[PoseSample, ...]
 
 
 Effect = Publish | Reply | ValidateAndStore
@@ -184,7 +197,7 @@ class State:
     deadline: float = 0.0  # decision or current pose
     extended: bool = False  # the decision's deadline was extended (once per question)
     pose_index: int = 0
-    captures: tuple[Capture, ...] = ()
+    captures: tuple[PoseSample, ...] = ()
     last_capture_frame: int = -(10**9)
     last_feedback: float = -1e18
     # The front pose's usable readings (time, yaw, pitch): the last front_settle_seconds and
@@ -309,7 +322,7 @@ UNDER_WAY = "a registration is under way"
 
 
 def _refuse(event: Input, why: str) -> list[Effect]:
-    assert isinstance(event, Decision | Typing | Offer)
+    assert isinstance(event, OperatorDecision | Typing | Offer)
     return [Reply(event.client, False, why)]
 
 
@@ -372,7 +385,7 @@ def _step_idle(
             return _start_capture(
                 replace(state, declined=declined), track, now, cfg, name=name, client=client
             )
-        case Decision() | Typing():
+        case OperatorDecision() | Typing():
             return state, _refuse(event, NOT_WAITING)
         case Tick() | Observation() | PersonLeft():
             return _idle(state, now), []
@@ -382,14 +395,18 @@ def _step_idle(
 def _step_awaiting(
     state: State, event: Input, now: float, cfg: RegistrationSettings
 ) -> tuple[State, list[Effect]]:
-    if isinstance(event, Decision | Typing) and now >= state.deadline:  # too late
+    if isinstance(event, OperatorDecision | Typing) and now >= state.deadline:  # too late
         nxt, effects = _cancel(
             state, now, "decision_timeout", "No answer in time; registration not started"
         )
-        late = "the decision came too late" if isinstance(event, Decision) else "too late to extend"
+        late = (
+            "the decision came too late"
+            if isinstance(event, OperatorDecision)
+            else "too late to extend"
+        )
         return nxt, [Reply(event.client, False, late), *effects]
     match event:
-        case Decision(register=False, client=client):
+        case OperatorDecision(register=False, client=client):
             until = now + cfg.decline_cooldown_seconds
             track = state.track_id if state.track_id is not None else -1
             declined = (*state.declined, (track, until))
@@ -397,7 +414,7 @@ def _step_awaiting(
                 replace(state, declined=declined), now, "declined", "Registration declined"
             )
             return nxt, [Reply(client, True, "declined"), *effects]
-        case Decision(register=True, name=name, client=client):
+        case OperatorDecision(register=True, name=name, client=client):
             assert state.track_id is not None
             return _start_capture(state, state.track_id, now, cfg, name=name, client=client)
         case Offer(track_id=track, name=name, client=client) if track == state.track_id:
@@ -443,7 +460,7 @@ def _step_capturing(
                     next_step=next_step(reason),
                 ),
             )
-        case Decision():
+        case OperatorDecision():
             return state, _refuse(event, "already decided")
         case Typing():
             return state, _refuse(event, NOT_WAITING)
@@ -493,7 +510,7 @@ def _observe(
     effects: list[Effect] = []
     if held and obs.frame - state.last_capture_frame >= cfg.min_frames_apart:
         assert obs.embedding is not None
-        cap = Capture(pose, obs.embedding, obs.yaw, obs.pitch, obs.quality)
+        cap = PoseSample(pose, obs.embedding, obs.yaw, obs.pitch, obs.quality)
         state = replace(state, captures=(*state.captures, cap), last_capture_frame=obs.frame)
     if now - state.last_feedback >= cfg.feedback_interval_seconds:
         state = replace(state, last_feedback=now)
@@ -577,7 +594,7 @@ def _step_validating(state: State, event: Input, now: float) -> tuple[State, lis
                     next_step=next_step(reason, name),
                 ),
             )
-        case Decision():
+        case OperatorDecision():
             return state, _refuse(event, "already decided")
         case Typing():
             return state, _refuse(event, NOT_WAITING)
@@ -588,7 +605,7 @@ def _step_validating(state: State, event: Input, now: float) -> tuple[State, lis
     raise IllegalTransitionError(f"validating cannot take {type(event).__name__}")
 
 
-def consistent(captures: tuple[Capture, ...], threshold: float) -> tuple[bool, float]:
+def consistent(captures: tuple[PoseSample, ...], threshold: float) -> tuple[bool, float]:
     """Every capture matches the mean of the front captures (one person throughout)."""
     fronts = np.stack([c.embedding for c in captures if c.pose == "front"])
     mean = fronts.mean(axis=0)

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from facegate import __version__
-from facegate.events import AnyEvent, json_schema
+from facegate.events import AnyEvent
 from facegate.names import InvalidNameError, clean_name
 
 if TYPE_CHECKING:
@@ -67,20 +67,7 @@ def _iso(ts: float) -> str:
 
 
 def system_status(runtime: Runtime, hub: Hub) -> dict[str, Any]:
-    reg = runtime.registrar
-    base: dict[str, Any] = (
-        msgspec.to_builtins(reg.status())
-        if reg is not None
-        else {
-            "current_event": "starting",
-            "registration_in_progress": False,
-            "waiting_for_user_response": False,
-            "current_registration_angle": None,
-            "registration_progress": 0.0,
-            "person_in_detection_area": False,
-            "person_data": None,
-        }
-    )
+    base: dict[str, Any] = msgspec.to_builtins(runtime.registrar.status())
     base["websocket_connections"] = len(hub)
     base["source_state"] = runtime.source_state
     return base
@@ -107,12 +94,11 @@ def root(runtime: Runtime, hub: Hub, static: Path) -> Handler:
 
 def get_user_response(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
-        reg = runtime.registrar
-        status = reg.status() if reg else None
+        registrar = runtime.registrar
         return JSONResponse(
             {
-                "waiting_for_user_response": bool(status and status.waiting_for_user_response),
-                "last_decision": reg.last_decision if reg else None,
+                "waiting_for_user_response": registrar.status().waiting_for_user_response,
+                "last_decision": registrar.last_decision,
             }
         )
 
@@ -129,8 +115,7 @@ def reset_system(runtime: Runtime) -> Handler:
             body = await _json_body(request, EmptyBody)
             if isinstance(body, JSONResponse):
                 return body
-        if runtime.registrar is not None:
-            runtime.registrar.reset()
+        runtime.registrar.reset()
         return JSONResponse({"ok": True, "message": "System reset"})
 
     return handler
@@ -158,8 +143,6 @@ def registration_decision(runtime: Runtime) -> Handler:
         body = await _json_body(request, DecisionBody)
         if isinstance(body, JSONResponse):
             return body
-        if runtime.registrar is None:
-            return error("not ready", 503)
         try:
             reply = runtime.registrar.decide(body.register, body.name, _client(request))
         except InvalidNameError as exc:
@@ -193,11 +176,8 @@ def registration(runtime: Runtime) -> Handler:
                 clean_name(body.name)
             except InvalidNameError as exc:
                 return error(f"`name`: {exc}", 400)
-        registrar = runtime.registrar
-        if registrar is None:
-            return error("not ready", 503)
         try:
-            reply = registrar.offer(body.track_id, body.name, client=_client(request))
+            reply = runtime.registrar.offer(body.track_id, body.name, client=_client(request))
         except InvalidNameError as exc:
             return error(f"`name`: {exc}", 400)
         if reply.ok:
@@ -235,7 +215,6 @@ def events(runtime: Runtime) -> Handler:
     (before it, newest first: paging back), `limit`, `type=a,b`, `person_id=ID`."""
 
     async def handler(request: Request) -> Response:
-        assert runtime.store is not None
         query = request.query_params
         try:
             if "since" in query and "before" in query:
@@ -267,7 +246,6 @@ def events(runtime: Runtime) -> Handler:
 
 def stats(runtime: Runtime, hub: Hub) -> Handler:
     async def handler(request: Request) -> Response:
-        store = runtime.store
         monitor = runtime.monitor.snapshot()
         return JSONResponse(
             {
@@ -281,17 +259,13 @@ def stats(runtime: Runtime, hub: Hub) -> Handler:
                 "monitor": msgspec.to_builtins(monitor),
                 "websocket_connections": len(hub),
                 "websocket_disconnected_slow": hub.disconnected_slow,
-                "persons": runtime.gallery.person_count if runtime.gallery else 0,
-                "embeddings": store.embedding_count() if store else 0,
+                "persons": runtime.gallery.person_count,
+                "embeddings": runtime.store.embedding_count(),
                 "bus": runtime.bus.stats(),
             }
         )
 
     return handler
-
-
-async def schema(request: Request) -> Response:
-    return JSONResponse(json_schema())
 
 
 def metrics(runtime: Runtime, hub: Hub) -> Handler:
@@ -303,7 +277,7 @@ def metrics(runtime: Runtime, hub: Hub) -> Handler:
             f"facegate_websocket_connections {len(hub)}\n"
             "# HELP facegate_persons Persons in the gallery.\n"
             "# TYPE facegate_persons gauge\n"
-            f"facegate_persons {runtime.gallery.person_count if runtime.gallery else 0}\n"
+            f"facegate_persons {runtime.gallery.person_count}\n"
         )
         return Response(text, media_type="text/plain; version=0.0.4")
 

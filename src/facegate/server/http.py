@@ -14,6 +14,8 @@ asyncio's `close()` waits to flush what the peer never reads. `BoundedCloseWebSo
 connection whose buffers have stayed full for `close_grace` seconds (its file descriptor,
 buffers and task are freed); the check rides on the transport's flow control (pause/resume),
 so the per-message send path is uvicorn's own.
+
+`GracefulServer` is uvicorn's server that tells the runtime first on shutdown.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import resource
 import socket
-from typing import Any
+import threading
+from typing import Any, Protocol
 
 import h11
 import uvicorn
@@ -145,6 +148,24 @@ class HeaderTimeoutH11(H11Protocol):
         if self.conn.their_state is not h11.IDLE:
             return  # a request is under way (its body has its own pace)
         self.transport.close()
+
+
+class Closable(Protocol):
+    # Set when the server begins shutting down: long responses (the MJPEG stream) end.
+    closing: threading.Event
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server that tells the runtime first on shutdown, so open video streams end
+    instead of holding up the exit until the graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Closable) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.runtime.closing.set()
+        await super().shutdown(sockets)
 
 
 def uvicorn_config(app: Any, server: ServerSettings, **overrides: Any) -> FacegateConfig:

@@ -82,7 +82,6 @@ def _person_dict(store: Store, p: Person) -> dict[str, Any]:
 
 
 def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
-    assert runtime.store is not None
     return _person_dict(runtime.store, runtime.store.person(person_id))
 
 
@@ -131,7 +130,6 @@ def _unsupported(files: list[tuple[str, bytes | None]]) -> JSONResponse | None:
 def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
     async def handler(request: Request) -> Response:
         store, gallery = runtime.store, runtime.gallery
-        assert store is not None and gallery is not None
         if request.method == "GET":
             return JSONResponse([_person_dict(store, p) for p in store.persons()])
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
@@ -162,7 +160,6 @@ def person_photos(runtime: Runtime, uploads: UploadWorker) -> Handler:
 
     async def handler(request: Request) -> Response:
         store, gallery = runtime.store, runtime.gallery
-        assert store is not None and gallery is not None
         pid = request.path_params["person_id"]
         try:
             store.person(pid)
@@ -283,7 +280,6 @@ class RenameBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def person(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
         gallery = runtime.gallery
-        assert gallery is not None
         pid = request.path_params["person_id"]
         try:
             if request.method == "GET":
@@ -316,7 +312,6 @@ def person(runtime: Runtime) -> Handler:
 
 def thumbnail(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
-        assert runtime.store is not None
         try:
             data = runtime.store.thumbnail(request.path_params["person_id"])
         except UnknownPersonError as exc:
@@ -331,7 +326,6 @@ def thumbnail(runtime: Runtime) -> Handler:
 def identify(runtime: Runtime, uploads: UploadWorker) -> Handler:
     async def handler(request: Request) -> Response:
         gallery = runtime.gallery
-        assert gallery is not None
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
         if (broken := await _incomplete_multipart(request)) is not None:
             return broken

@@ -1,8 +1,10 @@
 """Messages between the server and WebSocket clients that are not engine events.
 
 Client -> server: one tagged union, `{"type": ..., "data": {...}}`, decoded by one
-`msgspec.json.Decoder` and dispatched with `match`. Server -> client: the engine's events
-(`facegate.events`) plus the replies below, in the same envelope.
+`msgspec.json.Decoder` and dispatched with `match` (`server/websocket.py`). Server -> client:
+the engine's events and `tracks` (`facegate.events`) plus the replies to one client below
+(`Reply`), in the same envelope; `wire_schema` is the JSON Schema of all of them
+(`GET /api/schema`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from facegate.events import Event
+from facegate.events import Event, json_schema
 
 
 # -- client -> server ------------------------------------------------------------------------
@@ -89,3 +91,12 @@ class Error(Event, frozen=True, kw_only=True, tag="error"):
 class DecisionResult(Event, frozen=True, kw_only=True, tag="decision_result"):
     ok: bool
     message: str
+
+
+Reply = Connected | Pong | Error | DecisionResult
+REPLIES: tuple[type[Event], ...] = Reply.__args__
+
+
+def wire_schema() -> dict[str, Any]:
+    """JSON Schema of every message the server sends: events, `tracks` and the replies."""
+    return json_schema(*REPLIES, title="facegate server messages")

@@ -1,7 +1,11 @@
 """The one gate every request passes: cross-site refusal, authentication, roles, content
-types, command rates and the browser's security headers.
+types, command rates, body sizes and the browser's security headers; and the audit of failed
+authentications.
 
-For each HTTP request, in this order:
+The middleware, outermost first (`middleware`): `TrustedHostMiddleware` (400 for a Host that
+is not ours), `Guard`, `BodyLimit` (413 for a body over `server.max_upload_mb`).
+
+For each HTTP request, `Guard` checks, in this order:
 1. Any method but GET/HEAD from a browser page of another site is refused (403): its
    `Origin` (or, without one, `Sec-Fetch-Site`) must be the panel's own origin or one in
    `server.allowed_origins`. Requests with neither header (curl, scripts) pass on to step 3.
@@ -17,21 +21,34 @@ For each HTTP request, in this order:
 Every response carries `X-Frame-Options: DENY` and a Content-Security-Policy with
 `frame-ancestors 'none'`, `nosniff` and `Referrer-Policy: no-referrer` (tokens travel in
 image URLs).
+
+Wrong tokens (HTTP, `?token=` or a WebSocket's `auth` message) are counted by the
+`AuthThrottle`; `AuditWriter` writes them to the store's audit log as one row per address per
+minute, every `AUDIT_FLUSH_SECONDS` and on shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facegate.server.access import ROUTES, Access, Body, Role, Tokens, rule
-from facegate.server.throttle import AuthThrottle, RateLimiter
+from facegate.server.throttle import AuthThrottle, FailureWindow, RateLimiter
+from facegate.settings import ServerSettings
+from facegate.store import StoreError
 
 log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -48,6 +65,49 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 MEDIA_TYPES = {Body.JSON: "application/json", Body.FORM: "multipart/form-data"}
+AUDIT_FLUSH_SECONDS = 10.0
+# Host headers always accepted (loopback, and Starlette's TestClient).
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "testserver")
+
+
+def middleware(
+    server: ServerSettings,
+    *,
+    routes: Sequence[BaseRoute],
+    tokens: Tokens,
+    throttle: AuthThrottle,
+    limiter: RateLimiter,
+    page_available: Callable[[], bool],
+) -> list[Middleware]:
+    """The app's middleware, outermost first: trusted hosts, the `Guard`, the body limit."""
+    hosts = [*LOCAL_HOSTS, server.host, *server.allowed_hosts]
+    return [
+        Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+        Middleware(
+            Guard,
+            routes=routes,
+            tokens=tokens,
+            allowed_origins=server.allowed_origins,
+            throttle=throttle,
+            limiter=limiter,
+            page_available=page_available,
+        ),
+        Middleware(BodyLimit, limit=int(server.max_upload_mb * 2**20)),
+    ]
+
+
+def tokens_of(server: ServerSettings) -> Tokens:
+    return Tokens(admin=server.token, operator=server.operator_token, viewer=server.viewer_token)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is loopback only (`serve` refuses others without a token)."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def headers_of(scope: Scope) -> dict[bytes, bytes]:
@@ -234,3 +294,93 @@ def query_token(scope: Scope) -> str | None:
 
 def deny(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """413 for request bodies over the limit, without reading the rest: by Content-Length
+    when given, else by counting the streamed chunks."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLargeError
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLargeError:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        mb = self.limit / 2**20
+        response = JSONResponse({"error": f"upload larger than {mb:g} MiB"}, status_code=413)
+        await response(scope, receive, send)
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+# -- the audit of failed authentications ----------------------------------------------------------
+class AuditLog(Protocol):
+    """What `AuditWriter` needs of the store."""
+
+    def record(
+        self, actor: str, action: str, person_id: str | None = None, **detail: Any
+    ) -> None: ...
+
+    def prune_audit(self, *, retention_seconds: float, max_rows: int) -> int: ...
+
+
+class AuditWriter:
+    """Failed authentications, drained from the throttle, into the audit log as one row per
+    address per minute; the audit log pruned to its limits at each write. The throttle is the
+    event loop's: `run` drains it on the loop and writes in a thread."""
+
+    def __init__(
+        self,
+        throttle: AuthThrottle,
+        store: Callable[[], AuditLog | None],
+        *,
+        retention_seconds: float,
+        max_rows: int,
+    ) -> None:
+        self.throttle = throttle
+        self.store = store  # None until the runtime has opened it
+        self.retention_seconds = retention_seconds
+        self.max_rows = max_rows
+
+    def write(self, windows: list[FailureWindow]) -> None:
+        store = self.store()
+        if store is None:
+            return
+        for window in windows:
+            with contextlib.suppress(StoreError):
+                store.record("auth", "auth_failed", **msgspec.to_builtins(window))
+        with contextlib.suppress(StoreError):
+            store.prune_audit(retention_seconds=self.retention_seconds, max_rows=self.max_rows)
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Write the finished minutes now (`everything`: the current ones too, at shutdown)."""
+        self.write(self.throttle.drain(everything=everything))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_FLUSH_SECONDS)
+            await asyncio.to_thread(self.write, self.throttle.drain())

@@ -44,7 +44,7 @@ def _blank_jpeg() -> bytes:
 
 def _latest(runtime: Runtime) -> tuple[Frame | None, Tracks | None]:
     """The latest processed frame and the faces of that very frame."""
-    latest = runtime.engine.latest if runtime.engine is not None else None
+    latest = runtime.engine.latest
     return (None, None) if latest is None else latest
 
 
