@@ -16,7 +16,7 @@ Procedure (the numbers in settings.toml's [recognition] comments come from this 
    people) scores of the three sets are pooled.
 4. Threshold: the higher of two points, rounded UP to 0.01 (the conservative direction, a
    higher threshold accepts no more impostors):
-   a. the pair files' FAR 1e-3 point, `facegate.verification.operating_point(genuine,
+   a. the pair files' FAR 1e-3 point, `facegate.identity.verification.operating_point(genuine,
       impostor, 1e-3)` -- the same code as `verify-pairs`' recommendation (the lowest 4-decimal
       threshold whose measured false-accept rate is <= 1e-3);
    b. the gallery point: a gate compares a stranger with each of its enrolled people, so with
@@ -69,11 +69,17 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from facegate.analyzers import open_analyzer
-from facegate.face import FaceAnalyzer, main_face
-from facegate.images import ImageError, read_image
+from facegate.identity.verification import (
+    Pair,
+    far_label,
+    operating_point,
+    read_pairs,
+    threshold_at_far,
+)
 from facegate.settings import Settings
-from facegate.verification import Pair, far_label, operating_point, read_pairs, threshold_at_far
+from facegate.vision.analyzers import open_analyzer
+from facegate.vision.face import FaceAnalyzer, main_face
+from facegate.vision.images import ImageError, read_image
 
 Scores = npt.NDArray[np.float64]
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"

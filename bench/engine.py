@@ -17,14 +17,14 @@ from pathlib import Path
 
 import msgspec
 
-from facegate.engine import Engine
 from facegate.events import Event
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.gallery import Gallery
-from facegate.images import read_image
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import NewEmbedding, Store
+from facegate.live.engine import Engine
+from facegate.live.sources import Capture, VideoFileSource
 from facegate.settings import EngineSettings, Settings, load_settings, models_dir
-from facegate.sources import Capture, VideoFileSource
-from facegate.store import NewEmbedding, Store
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
 
 VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 # Short clips: unknowns are offered after 0.5 s still (default 2 s) so that events happen.
@@ -33,7 +33,7 @@ CLIPS = ("hamilton_short_clip.mp4", "intel_face-demographics-walking-and-pause.m
 
 
 def enrol(gallery: Gallery, analyzer: FacepluginAnalyzer) -> None:
-    from facegate.face import main_face
+    from facegate.vision.face import main_face
 
     for name in ("lin_manuel_miranda.png", "alex_lacamoire.png"):
         face, _ = main_face(analyzer, read_image(VIDEO / "enrol" / name))

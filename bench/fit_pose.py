@@ -1,6 +1,6 @@
-"""Fit the pose fusion of `facegate.headpose` on Pointing'04 series 1; report series 2.
+"""Fit the pose fusion of `facegate.vision.headpose` on Pointing'04 series 1; report series 2.
 
-.venv/bin/python bench/fit_pose.py   # prints the weights to paste into headpose.py
+.venv/bin/python bench/fit_pose.py   # prints the weights to paste into vision/headpose.py
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.headpose import LandmarkGeometry
 from facegate.settings import load_settings, models_dir
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.headpose import LandmarkGeometry
 from pointing04 import ROOT, Sample, in_range, samples
 
 RIDGE = 1e-3

@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from facegate.face import StageTimings
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.images import read_image
 from facegate.settings import load_settings, models_dir
+from facegate.vision.face import StageTimings
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
 from pointing04 import ROOT as POINTING04
 from pointing04 import in_range, samples
 

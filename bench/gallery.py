@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from facegate.index import VectorIndex
+from facegate.identity.index import VectorIndex
 from facegate.settings import IndexSettings, load_settings, models_dir
 
 Floats = npt.NDArray[np.float32]
@@ -97,9 +97,9 @@ def stats(genuine: npt.NDArray[np.floating], impostor: npt.NDArray[np.floating])
 def real_statistics() -> str:
     """Genuine/impostor cosines of the default model on both deepface pair files."""
     try:
-        from facegate.face import main_face
-        from facegate.faceplugin import FacepluginAnalyzer
-        from facegate.images import read_image
+        from facegate.vision.face import main_face
+        from facegate.vision.faceplugin import FacepluginAnalyzer
+        from facegate.vision.images import read_image
 
         analyzer = FacepluginAnalyzer(models_dir(load_settings()) / "faceplugin")
         pairs: list[tuple[str, str, bool]] = []

@@ -29,11 +29,11 @@ import websockets
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from facegate.analyzers import open_analyzer  # noqa: E402
 from facegate.server.app import GracefulServer, create_app  # noqa: E402
 from facegate.server.http import uvicorn_config  # noqa: E402
 from facegate.server.runtime import Runtime  # noqa: E402
 from facegate.settings import load_settings  # noqa: E402
+from facegate.vision.analyzers import open_analyzer  # noqa: E402
 from fakes import ScriptedPerson  # noqa: E402
 from test_registrar import Person  # noqa: E402
 

@@ -15,14 +15,14 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from facegate.enrolment import PhotoEnroller
-from facegate.face import main_face
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.gallery import Gallery
-from facegate.images import read_image
-from facegate.quality import QualityValidator
+from facegate.identity.enrolment import PhotoEnroller
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import Store
 from facegate.settings import Settings, load_settings, models_dir
-from facegate.store import Store
+from facegate.vision.face import main_face
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
+from facegate.vision.quality import QualityValidator
 
 DEEPFACE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces" / "deepface"
 

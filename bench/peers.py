@@ -5,7 +5,7 @@ decoded frames of the ../shared/data/video clips. Printed for each, with the rat
 accuracy at the system's own default threshold (facegate: cosine >= recognition.threshold;
 face_recognition: Euclidean distance <= 0.6, its default tolerance), best accuracy over all
 thresholds (chosen on the same pairs: an optimistic ceiling), ROC AUC, TAR at FAR 1e-2 (the
-facegate.verification helpers; face_recognition's score is -distance), pairs with no face,
+facegate.identity.verification helpers; face_recognition's score is -distance), pairs with no face,
 seconds per image (detection + embedding of the photo's face; decoding not timed) and seconds
 per video frame (detect every face + embed each).
 
@@ -57,11 +57,11 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from facegate.analyzers import open_analyzer
-from facegate.face import FaceAnalyzer, main_face
-from facegate.images import ImageError, read_image
+from facegate.identity.verification import Pair, VerificationReport, read_pairs, report
 from facegate.settings import load_settings
-from facegate.verification import Pair, VerificationReport, read_pairs, report
+from facegate.vision.analyzers import open_analyzer
+from facegate.vision.face import FaceAnalyzer, main_face
+from facegate.vision.images import ImageError, read_image
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"

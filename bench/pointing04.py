@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.images import read_image
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pose" / "pointing04"
 

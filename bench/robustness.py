@@ -39,12 +39,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from facegate.analyzers import open_analyzer
-from facegate.face import FaceAnalyzer, ImageArray, main_face
-from facegate.images import read_image
+from facegate.identity.verification import roc_auc, tar_at, threshold_at_far
+from facegate.live.sources import VideoFileSource
 from facegate.settings import load_settings
-from facegate.sources import VideoFileSource
-from facegate.verification import roc_auc, tar_at, threshold_at_far
+from facegate.vision.analyzers import open_analyzer
+from facegate.vision.face import FaceAnalyzer, ImageArray, main_face
+from facegate.vision.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from facegate.gallery import Gallery
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import NewEmbedding, Store
 from facegate.settings import Settings
-from facegate.store import NewEmbedding, Store
 
 PER_PERSON = 10
 DIM = 512

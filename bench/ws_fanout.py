@@ -60,12 +60,12 @@ import uvicorn
 import websockets
 
 from facegate.events import SystemReady, to_wire
-from facegate.face import Detection, Face, ImageArray, StageTimings
+from facegate.live.sources import ImageFolderSource
 from facegate.server.app import create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
-from facegate.sources import ImageFolderSource
+from facegate.vision.face import Detection, Face, ImageArray, StageTimings
 
 STALL_SECONDS = 8.0  # fan-out server: outlasts the runs made while the stalled client is there
 NON_READER_STALL_SECONDS = 2.0

@@ -25,8 +25,8 @@ def deepface(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def faceplugin_dir() -> Path:
     """The verified default pack (fetched by `make setup`), else skip saying how to get it."""
-    from facegate.modelpack import verify_faceplugin
     from facegate.settings import load_settings, models_dir
+    from facegate.vision.modelpack import verify_faceplugin
 
     where = models_dir(load_settings(environ={}))
     status = verify_faceplugin(where)
@@ -37,6 +37,6 @@ def faceplugin_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def analyzer(faceplugin_dir: Path):  # type: ignore[no-untyped-def]
-    from facegate.faceplugin import FacepluginAnalyzer
+    from facegate.vision.faceplugin import FacepluginAnalyzer
 
     return FacepluginAnalyzer(faceplugin_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facegate.store import NewEmbedding, Store
+from facegate.identity.store import NewEmbedding, Store
 
 DIM = 512
 PACK = "faceplugin"

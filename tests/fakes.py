@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from facegate.face import Detection, Face, ImageArray, StageTimings
-from facegate.registration import Phase
+from facegate.live.registration import Phase
+from facegate.vision.face import Detection, Face, ImageArray, StageTimings
 
 if TYPE_CHECKING:
     from facegate.server.runtime import Runtime

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from facegate.live.sources import ImageFolderSource
 from facegate.server.app import MAX_WS_MESSAGE, create_app
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
-from facegate.sources import ImageFolderSource
 from fakes import NoFaces
 
 EXAMPLES = int(os.environ.get("FACEGATE_FUZZ_EXAMPLES", "100"))

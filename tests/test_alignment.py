@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 from insightface.utils.face_align import arcface_dst
 
-from facegate.alignment import (
+from facegate.vision.alignment import (
     ALIGNED_SIZE,
     align,
     brightness,
@@ -177,8 +177,8 @@ def test_a_large_face_aligns_like_the_same_face_photographed_smaller(deepface: P
     picture area-downscaled 8x first, unlike the aliased crop of a direct 16x warp."""
     from insightface.utils import face_align
 
-    from facegate.alignment import align
-    from facegate.images import read_image
+    from facegate.vision.alignment import align
+    from facegate.vision.images import read_image
 
     img = read_image(deepface / "img40.jpg")  # 1700 px face: detail a direct warp would alias
     big = arcface_dst * 16.0 + np.array([455.0, 1055.0], np.float32)

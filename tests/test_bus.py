@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from facegate.bus import NEVER_DROPPED, EventBus, Subscription, SubscriptionClosedError, droppable
 from facegate.events import (
     REGISTRATION,
     Event,
@@ -21,6 +20,13 @@ from facegate.events import (
     RegistrationStart,
     SystemReady,
     UnknownPersonDetected,
+)
+from facegate.live.bus import (
+    NEVER_DROPPED,
+    EventBus,
+    Subscription,
+    SubscriptionClosedError,
+    droppable,
 )
 
 NOW = 1_700_000_000.25

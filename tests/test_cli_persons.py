@@ -235,7 +235,8 @@ def test_reading_commands_work_while_another_process_holds_the_store(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from facegate.store import Store; "
+            "import sys, time; from pathlib import Path; "
+            "from facegate.identity.store import Store; "
             f"s = Store.open(Path({str(data)!r})); print('ready', flush=True); time.sleep(30)",
         ],
         stdout=subprocess.PIPE,

@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from facegate.store import Store, StoreError
+from facegate.identity.store import Store, StoreError
 
 CHILD = Path(__file__).with_name("crash_child.py")
 ROUNDS = 24
@@ -78,9 +78,9 @@ def run_child(data_dir: Path, seed: int, seconds: float, *, after_ready: bool) -
 
 
 def index_size(store: Store, ids: np.ndarray, matrix: np.ndarray) -> int:
-    """The size of a FAISS index rebuilt from the store (facegate.index when it exists)."""
+    """The size of a FAISS index rebuilt from the store (facegate.identity.index when it exists)."""
     try:
-        from facegate.index import VectorIndex
+        from facegate.identity.index import VectorIndex
         from facegate.settings import IndexSettings
     except ImportError:
         index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))

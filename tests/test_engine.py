@@ -15,8 +15,6 @@ import msgspec
 import numpy as np
 import pytest
 
-from facegate.engine import Engine
-from facegate.enrolment import PhotoEnroller
 from facegate.events import (
     Event,
     PersonLeftArea,
@@ -26,15 +24,17 @@ from facegate.events import (
     Tracks,
     UnknownPersonDetected,
 )
-from facegate.face import ImageArray
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.gallery import Gallery
-from facegate.images import read_image
-from facegate.quality import QualityValidator
+from facegate.identity.enrolment import PhotoEnroller
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import NewEmbedding, Store
+from facegate.live.engine import Engine
+from facegate.live.sources import Capture, Frame, SourceError, VideoFileSource
+from facegate.live.tracking import iou
 from facegate.settings import EngineSettings, Settings
-from facegate.sources import Capture, Frame, SourceError, VideoFileSource
-from facegate.store import NewEmbedding, Store
-from facegate.tracking import iou
+from facegate.vision.face import ImageArray
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
+from facegate.vision.quality import QualityValidator
 
 
 def settings(**engine: float) -> Settings:

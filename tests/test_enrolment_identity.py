@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from facegate.cli import main
+from facegate.identity.store import AuditEntry, Store
 from facegate.settings import Settings
-from facegate.store import AuditEntry, Store
 from test_server import (
     Serve,
     analyzer_pool,  # noqa: F401

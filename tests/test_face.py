@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facegate.face import Face, Quality, primary
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.images import read_image
+from facegate.vision.face import Face, Quality, primary
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
 
 
 def make(size: float, sharpness: float) -> Face:

@@ -1,5 +1,6 @@
-"""The face a photo is "of" (`face.choose_face`): synthetic faces for the rule itself, real
-photos (LFW, deepface) for what a user meets in `compare`, `analyze` and `verify-pairs`."""
+"""The face a photo is "of" (`facegate.vision.face.choose_face`): synthetic faces for the rule
+itself, real photos (LFW, deepface) for what a user meets in `compare`, `analyze` and
+`verify-pairs`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from facegate.cli import main
-from facegate.face import (
+from facegate.settings import Settings
+from facegate.vision.face import (
     AMBIGUOUS_RATIO,
     BBox,
     Face,
@@ -23,8 +25,7 @@ from facegate.face import (
     primary,
     visible_box,
 )
-from facegate.images import read_image
-from facegate.settings import Settings
+from facegate.vision.images import read_image
 
 W, H = 640, 480  # the synthetic picture
 CX, CY = W / 2, H / 2

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from facegate.faceplugin import FacepluginAnalyzer, fast_prelu
-from facegate.images import read_image
+from facegate.vision.faceplugin import FacepluginAnalyzer, fast_prelu
+from facegate.vision.images import read_image
 
 
 def _face(analyzer: FacepluginAnalyzer, path: Path):  # type: ignore[no-untyped-def]

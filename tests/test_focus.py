@@ -1,12 +1,12 @@
-"""The registration focus (`facegate.focus`): the one hand-off between the engine thread and
+"""The registration focus (`facegate.live.focus`): the one hand-off between the engine thread and
 the registration runtime."""
 
 from __future__ import annotations
 
 import threading
 
-from facegate.focus import RegistrationFocus
-from facegate.registration import Observation
+from facegate.live.focus import RegistrationFocus
+from facegate.live.registration import Observation
 
 
 def observation(track: int, frame: int = 0) -> Observation:

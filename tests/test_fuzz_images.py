@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from facegate.images import MAX_PIXELS, ImageError, decode_image, header_size
+from facegate.vision.images import MAX_PIXELS, ImageError, decode_image, header_size
 
 EXAMPLES = int(os.environ.get("FACEGATE_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(

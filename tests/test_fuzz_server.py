@@ -31,10 +31,10 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from facegate.events import SystemReady, json_schema
+from facegate.identity.store import NewEmbedding
 from facegate.server.app import MAX_WS_MESSAGE
 from facegate.server.protocol import Auth, Ping, RegistrationDecision, ResetSystem, decode_client
 from facegate.server.runtime import Runtime
-from facegate.store import NewEmbedding
 from fuzzing import (
     GREY_JPEG,
     CrashRecorder,

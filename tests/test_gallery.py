@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facegate.face import main_face
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.gallery import Candidate, Gallery, decide, person_score
-from facegate.images import read_image
+from facegate.identity.gallery import Candidate, Gallery, decide, person_score
+from facegate.identity.store import NewEmbedding, Store
 from facegate.settings import IndexSettings, ModelSettings, RecognitionSettings, Settings
-from facegate.store import NewEmbedding, Store
+from facegate.vision.face import main_face
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
 
 DIM = 512
 

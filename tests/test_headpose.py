@@ -11,14 +11,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from facegate.headpose import (
+from facegate.vision.headpose import (
     LandmarkGeometry,
     bins_to_degrees,
     decode_bins,
     fuse,
     softmax,
 )
-from facegate.images import read_image
+from facegate.vision.images import read_image
 
 Points = npt.NDArray[np.float64]
 

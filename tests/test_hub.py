@@ -310,7 +310,7 @@ def test_a_writer_sends_its_share_of_a_turn_then_yields() -> None:
 
 def test_run_fans_out_a_backlog_of_events_over_several_turns() -> None:
     async def scenario() -> None:
-        from facegate.bus import EventBus
+        from facegate.live.bus import EventBus
 
         bus = EventBus()
         bus.attach(asyncio.get_running_loop())

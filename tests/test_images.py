@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facegate.images import (
+from facegate.vision.images import (
     ACCEPTED_FORMATS,
     MAX_PIXELS,
     ImageError,

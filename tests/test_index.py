@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from facegate.index import HEADER_SIZE, VectorIndex
+from facegate.identity.index import HEADER_SIZE, VectorIndex
 from facegate.settings import IndexSettings
 
 Floats = npt.NDArray[np.float32]

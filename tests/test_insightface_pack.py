@@ -18,15 +18,15 @@ from insightface.utils import transform
 from insightface.utils.face_align import arcface_dst
 from onnx import TensorProto, helper, numpy_helper
 
-from facegate.face import Detection, ImageArray, Point
-from facegate.insightface_pack import (
+from facegate.settings import DetectionSettings, load_settings, models_dir
+from facegate.vision.face import Detection, ImageArray, Point
+from facegate.vision.insightface_pack import (
     InsightFaceAnalyzer,
     five_point_model,
     five_point_pose,
     pose_from_insightface,
 )
-from facegate.modelpack import INSIGHTFACE_PACKS, ModelPackError, fix_command, pack_status
-from facegate.settings import DetectionSettings, load_settings, models_dir
+from facegate.vision.modelpack import INSIGHTFACE_PACKS, ModelPackError, fix_command, pack_status
 
 F64 = npt.NDArray[np.float64]
 

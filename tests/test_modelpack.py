@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from insightface.utils import storage
 
-from facegate.modelpack import (
+from facegate.vision.modelpack import (
     FACEPLUGIN_FILES,
     ModelPackError,
     fetch_faceplugin,

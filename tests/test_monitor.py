@@ -9,7 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from facegate.monitor import Monitor, MonitorSnapshot, StageLatency
+from facegate.live.monitor import Monitor, MonitorSnapshot, StageLatency
 
 
 class FakeClock:

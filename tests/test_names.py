@@ -1,5 +1,5 @@
-"""The name rule (`facegate.names`): what is refused, what is normalised, and that anything it
-accepts is clean and stable."""
+"""The name rule (`facegate.identity.names`): what is refused, what is normalised, and that
+anything it accepts is clean and stable."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facegate.names import MAX_NAME, REFUSED_CATEGORIES, InvalidNameError, clean_name, printable
+from facegate.identity.names import (
+    MAX_NAME,
+    REFUSED_CATEGORIES,
+    InvalidNameError,
+    clean_name,
+    printable,
+)
 
 
 @pytest.mark.parametrize(

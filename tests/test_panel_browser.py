@@ -20,13 +20,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from facegate.analyzers import open_analyzer
 from facegate.events import Event, UnknownPersonDetected
-from facegate.pose_guide import INSTRUCTIONS
+from facegate.live.pose_guide import INSTRUCTIONS
 from facegate.server.app import GracefulServer, create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import POSE_ORDER, Settings, load_settings
+from facegate.vision.analyzers import open_analyzer
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]

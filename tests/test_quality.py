@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from facegate.face import Face, Quality
-from facegate.quality import QualityValidator, check
 from facegate.settings import QualityGate, QualitySettings, Settings
+from facegate.vision.face import Face, Quality
+from facegate.vision.quality import QualityValidator, check
 
 GATE = QualityGate(
     min_face_px=80,

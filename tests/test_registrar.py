@@ -11,7 +11,6 @@ import msgspec
 import numpy as np
 import pytest
 
-from facegate.engine import Engine
 from facegate.events import (
     Event,
     PersonLeftArea,
@@ -23,16 +22,17 @@ from facegate.events import (
     RegistrationFailed,
     UnknownPersonDetected,
 )
-from facegate.face import ImageArray
-from facegate.faceplugin import FacepluginAnalyzer
-from facegate.focus import RegistrationFocus
-from facegate.gallery import Gallery
-from facegate.images import read_image
-from facegate.registrar import Registrar
-from facegate.registration import Phase
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import Store
+from facegate.live.engine import Engine
+from facegate.live.focus import RegistrationFocus
+from facegate.live.registrar import Registrar
+from facegate.live.registration import Phase
+from facegate.live.sources import Frame
 from facegate.settings import EngineSettings, RecognitionSettings, Settings
-from facegate.sources import Frame
-from facegate.store import Store
+from facegate.vision.face import ImageArray
+from facegate.vision.faceplugin import FacepluginAnalyzer
+from facegate.vision.images import read_image
 
 FPS = 10.0
 # Where the person looks for each instruction (Pointing'04 labels: yaw < 0 = the person's own

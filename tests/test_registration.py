@@ -38,7 +38,7 @@ from facegate.events import (
     RegistrationWaiting,
     SystemReady,
 )
-from facegate.pose_guide import (
+from facegate.live.pose_guide import (
     HOLD_STILL,
     INSTRUCTIONS,
     POSE_TIPS,
@@ -47,7 +47,7 @@ from facegate.pose_guide import (
     front_reading,
     next_step,
 )
-from facegate.registration import (
+from facegate.live.registration import (
     Effect,
     IllegalTransitionError,
     Input,

@@ -31,15 +31,15 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
 from facegate.events import RegistrationApproved, SystemReady
-from facegate.face import ImageArray
+from facegate.identity.store import Store
+from facegate.live.sources import ImageFolderSource
 from facegate.server.access import MESSAGES, ROUTES, Role
 from facegate.server.app import create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.protocol import ClientMessage
 from facegate.server.runtime import Runtime
 from facegate.settings import Settings, load_settings
-from facegate.sources import ImageFolderSource
-from facegate.store import Store
+from facegate.vision.face import ImageArray
 from fakes import NoFaces
 
 EVIL = "http://evil.example"

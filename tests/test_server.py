@@ -30,13 +30,13 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from facegate.events import AnyEvent, SystemReady
-from facegate.face import FaceAnalyzer
+from facegate.live.sources import FrameSource, ImageFolderSource, open_source
 from facegate.server.annotate import blank as blank_frame
 from facegate.server.annotate import jpeg, placeholder
 from facegate.server.app import STATIC, create_app
 from facegate.server.runtime import Runtime
 from facegate.settings import Settings, load_settings
-from facegate.sources import FrameSource, ImageFolderSource, open_source
+from facegate.vision.face import FaceAnalyzer
 
 pytestmark = [
     pytest.mark.shared_data,
@@ -68,7 +68,7 @@ uploads = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def analyzer_pool(faceplugin_dir: Path) -> list[FaceAnalyzer]:
     """Two analyzers as `facegate serve` opens them: one for the engine, one for uploads."""
-    from facegate.analyzers import open_analyzer
+    from facegate.vision.analyzers import open_analyzer
 
     settings = load_settings(environ={})
     return [open_analyzer(settings), open_analyzer(settings)]

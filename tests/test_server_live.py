@@ -35,12 +35,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
 from facegate.events import SystemReady
-from facegate.face import FaceAnalyzer
+from facegate.live.sources import ImageFolderSource
 from facegate.server.app import create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
-from facegate.sources import ImageFolderSource
+from facegate.vision.face import FaceAnalyzer
 
 pytestmark = [
     pytest.mark.shared_data,
@@ -53,7 +53,7 @@ VIDEO = "intel_face-demographics-walking-and-pause.mp4"
 # -- a real server in a thread -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def analyzer_pool(faceplugin_dir: Path) -> list[FaceAnalyzer]:
-    from facegate.analyzers import open_analyzer
+    from facegate.vision.analyzers import open_analyzer
 
     settings = load_settings(environ={})
     return [open_analyzer(settings), open_analyzer(settings)]

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from facegate.events import SourceStatus
-from facegate.face import ImageArray
-from facegate.sources import (
+from facegate.live.sources import (
     CameraSource,
     Capture,
     Frame,
@@ -26,6 +25,7 @@ from facegate.sources import (
     mask_url,
     open_source,
 )
+from facegate.vision.face import ImageArray
 
 CLIP_FRAMES = 275
 CLIP_FPS = 29.97
@@ -321,7 +321,7 @@ def test_retries_log_once_per_change_not_per_attempt(caplog: pytest.LogCaptureFi
     capture = Capture(
         DeadCamera(), clock=clock, sleep=clock.sleep, on_status=statuses, backoff=(0.5, 1.0)
     )
-    with caplog.at_level("INFO", logger="facegate.sources"):
+    with caplog.at_level("INFO", logger="facegate.live.sources"):
         capture.start()
         deadline = time.monotonic() + 5
         while len(statuses.items) < 20 and time.monotonic() < deadline:

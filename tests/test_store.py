@@ -1,4 +1,4 @@
-"""The SQLite identity store (facegate.store) on real database files in tmp_path.
+"""The SQLite identity store (facegate.identity.store) on real database files in tmp_path.
 
 Vectors are synthetic L2-normalised float32 512-d: the store does not care where they come from.
 """
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from facegate import store as store_mod
-from facegate.store import (
+from facegate.identity import store as store_mod
+from facegate.identity.store import (
     APPLICATION_ID,
     DB_NAME,
     LOCK_NAME,
@@ -626,7 +626,7 @@ def _open_writer_code(data_dir: Path) -> str:
     return (
         "import sys\n"
         "from pathlib import Path\n"
-        "from facegate.store import Store, StoreError\n"
+        "from facegate.identity.store import Store, StoreError\n"
         "try:\n"
         f"    s = Store.open(Path({str(data_dir)!r}))\n"
         "except StoreError as exc:\n"
@@ -661,7 +661,7 @@ def test_second_writer_in_same_process_refused(store: Store, data_dir: Path) -> 
 def test_readers_work_while_writer_holds_lock(data_dir: Path, rng: np.random.Generator) -> None:
     reader_code = (
         "from pathlib import Path\n"
-        "from facegate.store import Store\n"
+        "from facegate.identity.store import Store\n"
         f"with Store.open(Path({str(data_dir)!r}), readonly=True) as r:\n"
         "    print(sorted(p.name for p in r.persons()), r.embedding_count())\n"
     )

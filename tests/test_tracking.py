@@ -1,4 +1,4 @@
-"""Tracking's pure logic (facegate.tracking) on synthetic detections and a fake clock.
+"""Tracking's pure logic (facegate.live.tracking) on synthetic detections and a fake clock.
 
 No models and no pictures: detections are boxes with five landmarks built by hand, embeddings
 are unit vectors (orthogonal per person, plus a little noise), and time is a clock the test
@@ -14,9 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from facegate.face import BBox, Detection, Point
+from facegate.live.tracking import Track, Tracker, drift, iou, shape
 from facegate.settings import EngineSettings
-from facegate.tracking import Track, Tracker, drift, iou, shape
+from facegate.vision.face import BBox, Detection, Point
 
 Vec = npt.NDArray[np.float32]
 DIM = 16

@@ -3,7 +3,7 @@ is in view now."""
 
 from __future__ import annotations
 
-from facegate.unknowns import PRESENT_WITHIN, RecentUnknowns
+from facegate.live.unknowns import PRESENT_WITHIN, RecentUnknowns
 
 
 class Clock:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from facegate.cli import main
-from facegate.verification import (
+from facegate.identity.verification import (
     Pair,
     PairsError,
     VerificationReport,

@@ -25,12 +25,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from facegate.events import Event, PersonLeftArea, PersonRecognized, SystemReady
+from facegate.identity.store import NewEmbedding
+from facegate.live.sources import ImageFolderSource, open_source
 from facegate.server.access import Role
 from facegate.server.annotate import blank, jpeg, placeholder
 from facegate.server.app import create_app
 from facegate.server.runtime import Runtime
-from facegate.sources import ImageFolderSource, open_source
-from facegate.store import NewEmbedding
 from fakes import NoFaces
 from test_security import (  # fixtures by import, not copies
     BEARER,

@@ -194,7 +194,7 @@ AnyEvent = (
     | RegistrationCancelled
 )
 
-# Registration events are never dropped by the bus (see bus.NEVER_DROPPED).
+# Registration events are never dropped by the bus (see live.bus.NEVER_DROPPED).
 REGISTRATION: tuple[type[Event], ...] = (
     RegistrationWaiting,
     RegistrationApproved,

@@ -108,7 +108,7 @@ class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     confirm_margin: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.1
     # A frame whose colours differ from the previous one by more than this (Bhattacharyya
     # distance of hue x saturation histograms, 0..1) starts a new scene: no track continues
-    # across it (see scene.py; cuts measured at 0.40-0.53, motion at most 0.18).
+    # across it (see vision/scene.py; cuts measured at 0.40-0.53, motion at most 0.18).
     scene_cut_distance: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.3
     # Recent unknown faces kept in memory for the operator (never on disk): how many, and
     # for how long after they left.
@@ -121,7 +121,7 @@ POSE_ORDER = ("front", "left", "right", "up", "down")
 
 
 class PoseWindow(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Target yaw and pitch ranges [min, max] in degrees (conventions of face.py)."""
+    """Target yaw and pitch ranges [min, max] in degrees (conventions of vision/face.py)."""
 
     yaw: Window
     pitch: Window

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from facegate import __version__
-from facegate.archive import ArchiveError
 from facegate.cli import analysis, live, models, persons, serve
 from facegate.cli.common import Context, Output
-from facegate.modelpack import ModelPackError
+from facegate.identity.archive import ArchiveError
+from facegate.identity.store import StoreError
 from facegate.settings import SettingsError
-from facegate.store import StoreError
+from facegate.vision.modelpack import ModelPackError
 
 
 # -- parser ----------------------------------------------------------------------------------

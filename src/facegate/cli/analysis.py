@@ -1,10 +1,10 @@
 """`facegate analyze`, `compare` and `verify-pairs`: face analysis without a gallery.
 
-All three use the face a photo is "of" by one rule (`face.choose_face`: visible size x focus x
-centrality). `analyze` lists every face, numbered from 1 in the detector's order (the numbers
-`enroll --face N` takes), and marks the chosen one (`main`, `main_face`) and any face as likely
-(`ambiguous_with`). `compare` and `verify-pairs` use the chosen face even when the choice is
-ambiguous (two faces of similar size and place): `compare` says which face it used of each
+All three use the face a photo is "of" by one rule (`vision.face.choose_face`: visible size x
+focus x centrality). `analyze` lists every face, numbered from 1 in the detector's order (the
+numbers `enroll --face N` takes), and marks the chosen one (`main`, `main_face`) and any face as
+likely (`ambiguous_with`). `compare` and `verify-pairs` use the chosen face even when the choice
+is ambiguous (two faces of similar size and place): `compare` says which face it used of each
 photo (`face_a`, `face_b`) and its rivals (`ambiguous_a`, `ambiguous_b`); `verify-pairs` lists
 such photos (`ambiguous_images`). Crop such photos to compare the face you mean.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import msgspec
 
 from facegate.cli.common import EXIT_OK, EXIT_SOME_FAILED, Context, rounded
-from facegate.face import Choice, Face, choose_face, photo_face
-from facegate.images import ImageError, read_image
-from facegate.quality import QualityValidator
-from facegate.verification import PairsError, read_pairs, report
+from facegate.identity.verification import PairsError, read_pairs, report
+from facegate.vision.face import Choice, Face, choose_face, photo_face
+from facegate.vision.images import ImageError, read_image
+from facegate.vision.quality import QualityValidator
 
 # -- analyze ---------------------------------------------------------------------------------
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from facegate.face import FaceAnalyzer
-from facegate.names import printable
+from facegate.identity.names import printable
 from facegate.settings import Settings, default_data_dir, load_settings
+from facegate.vision.face import FaceAnalyzer
 
 if TYPE_CHECKING:
-    from facegate.gallery import Gallery
-    from facegate.store import Store
+    from facegate.identity.gallery import Gallery
+    from facegate.identity.store import Store
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 _encoder = msgspec.json.Encoder()
@@ -57,16 +57,16 @@ class Context:
         )
 
     def analyzer(self) -> FaceAnalyzer:
-        from facegate.analyzers import open_analyzer
+        from facegate.vision.analyzers import open_analyzer
 
         return open_analyzer(self.settings)
 
     def store(self, *, readonly: bool) -> Store:
-        from facegate.store import Store
+        from facegate.identity.store import Store
 
         return Store.open(self.data_dir, readonly=readonly)
 
     def gallery(self, store: Store) -> Gallery:
-        from facegate.gallery import Gallery
+        from facegate.identity.gallery import Gallery
 
         return Gallery.open(store, self.settings)

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 from facegate.cli.common import EXIT_OK, Context
 from facegate.events import Event, Tracks, data_of, to_wire, type_name
-from facegate.store import StoreError
+from facegate.identity.store import StoreError
 
 if TYPE_CHECKING:
-    from facegate.bus import Subscription
+    from facegate.live.bus import Subscription
 
 
 def _line(event: Event, as_json: bool) -> str:
@@ -44,8 +44,8 @@ async def _print(sub: Subscription, as_json: bool) -> None:
 
 
 async def _run(ctx: Context) -> int:
-    from facegate.pipeline import Pipeline
-    from facegate.sources import SourceError, open_source
+    from facegate.live.pipeline import Pipeline
+    from facegate.live.sources import SourceError, open_source
 
     args = ctx.args
     try:

@@ -7,8 +7,8 @@ import sys
 import msgspec
 
 from facegate.cli.common import EXIT_OK, Context
-from facegate.modelpack import fetch_faceplugin, list_packs, require_pack
 from facegate.settings import models_dir
+from facegate.vision.modelpack import fetch_faceplugin, list_packs, require_pack
 
 
 def cmd_models_fetch(ctx: Context) -> int:

@@ -15,14 +15,14 @@ from typing import Any
 
 import msgspec
 
-from facegate.archive import export_archive, import_archive
 from facegate.cli.common import EXIT_OK, EXIT_SOME_FAILED, Context, rounded
-from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal
-from facegate.face import ImageArray
-from facegate.images import ImageError, read_image
-from facegate.names import InvalidNameError, clean_name
-from facegate.quality import QualityValidator
-from facegate.store import ErasurePendingError, UnknownPersonError
+from facegate.identity.archive import export_archive, import_archive
+from facegate.identity.enrolment import EnrolResult, PhotoEnroller, Refusal
+from facegate.identity.names import InvalidNameError, clean_name
+from facegate.identity.store import ErasurePendingError, UnknownPersonError
+from facegate.vision.face import ImageArray
+from facegate.vision.images import ImageError, read_image
+from facegate.vision.quality import QualityValidator
 
 ACTOR = "cli"
 AddCommand = Callable[..., argparse.ArgumentParser]

@@ -10,14 +10,14 @@ import sys
 import msgspec
 
 from facegate.cli.common import EXIT_OK, Context
-from facegate.face import FaceAnalyzer
+from facegate.vision.face import FaceAnalyzer
 
 
 def cmd_serve(ctx: Context) -> int:
+    from facegate.live.sources import SourceError, open_source
     from facegate.server.app import GracefulServer, create_app, is_loopback
     from facegate.server.http import listen, raise_open_file_limit, uvicorn_config
     from facegate.server.runtime import Runtime
-    from facegate.sources import SourceError, open_source
 
     args = ctx.args
     server = ctx.settings.server

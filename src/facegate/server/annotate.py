@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from facegate.events import Tracks, TrackView
-from facegate.face import ImageArray
+from facegate.vision.face import ImageArray
 
 KNOWN = (80, 200, 60)  # BGR
 UNKNOWN = (0, 140, 255)

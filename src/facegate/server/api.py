@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from facegate import __version__
 from facegate.events import AnyEvent
-from facegate.names import InvalidNameError, clean_name
+from facegate.identity.names import InvalidNameError, clean_name
 
 if TYPE_CHECKING:
     from facegate.server.hub import Hub

@@ -40,8 +40,8 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from facegate.bus import Subscription
 from facegate.events import Event, stamp, to_wire
+from facegate.live.bus import Subscription
 
 log = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 1008  # policy violation: the client does not read its messages

@@ -11,7 +11,7 @@ photos), optional `force` (1/true/yes: enrol a face that matches someone else, o
 does not look like the person; audited; never stores the same photo twice) and optional `face`
 (N: take face N of the one photo sent, 1-based in the detector's order as `POST /api/identify`
 lists them, instead of choosing; a photo with two faces of similar size is refused without
-it). The rules are `facegate.enrolment`'s; identification reports every face.
+it). The rules are `facegate.identity.enrolment`'s; identification reports every face.
 """
 
 from __future__ import annotations
@@ -29,21 +29,27 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from facegate.enrolment import EnrolResult, PhotoEnroller, Refusal, Wording
-from facegate.face import Face, FaceAnalyzer, ImageArray
-from facegate.gallery import Gallery, Identification
-from facegate.images import (
+from facegate.identity.enrolment import EnrolResult, PhotoEnroller, Refusal, Wording
+from facegate.identity.gallery import Gallery, Identification
+from facegate.identity.names import InvalidNameError, clean_name
+from facegate.identity.store import (
+    ErasurePendingError,
+    Person,
+    Store,
+    StoreError,
+    UnknownPersonError,
+)
+from facegate.server.api import Handler, _iso, _json_body, error
+from facegate.server.uploads import UploadsBusyError, UploadWorker
+from facegate.vision.face import Face, FaceAnalyzer, ImageArray
+from facegate.vision.images import (
     ACCEPTED_FORMATS,
     ImageError,
     UnsupportedImageError,
     accepted_format,
     decode_image,
 )
-from facegate.names import InvalidNameError, clean_name
-from facegate.quality import QualityValidator
-from facegate.server.api import Handler, _iso, _json_body, error
-from facegate.server.uploads import UploadsBusyError, UploadWorker
-from facegate.store import ErasurePendingError, Person, Store, StoreError, UnknownPersonError
+from facegate.vision.quality import QualityValidator
 
 if TYPE_CHECKING:
     from facegate.server.runtime import Runtime

@@ -1,9 +1,9 @@
 """Everything `facegate serve` runs in one process, started and stopped by the app's lifespan.
 
-- the live pipeline (pipeline.py, the same as `facegate run`'s): the store (held for writing)
+- the live pipeline (live/pipeline.py, the same as `facegate run`'s): the store (held for writing)
   and the gallery over it, the capture thread, the engine in a thread executor handing its
   events to the loop through the bus, the event history;
-- what `serve` adds: the registration runtime (registrar.py) on the pipeline's registration
+- what `serve` adds: the registration runtime (live/registrar.py) on the pipeline's registration
   focus, fed from the bus and with the registering face of every frame, and a ticker for its
   timeouts. The WebSocket hub is the app's (server/app.py).
 Stopping aborts an in-flight registration (nothing half-stored: the store is only written in
@@ -24,19 +24,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from facegate.bus import EventBus
-from facegate.engine import Engine
 from facegate.events import Event
-from facegate.face import FaceAnalyzer
-from facegate.gallery import Gallery
-from facegate.monitor import Monitor
-from facegate.pipeline import Pipeline
-from facegate.registrar import Registrar
-from facegate.registration import Observation
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import Store
+from facegate.live.bus import EventBus
+from facegate.live.engine import Engine
+from facegate.live.monitor import Monitor
+from facegate.live.pipeline import Pipeline
+from facegate.live.registrar import Registrar
+from facegate.live.registration import Observation
+from facegate.live.sources import FrameSource
+from facegate.live.unknowns import RecentUnknowns
 from facegate.settings import Settings
-from facegate.sources import FrameSource
-from facegate.store import Store
-from facegate.unknowns import RecentUnknowns
+from facegate.vision.face import FaceAnalyzer
 
 TICK_SECONDS = 0.25
 

@@ -45,10 +45,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facegate.identity.store import StoreError
 from facegate.server.access import ROUTES, Access, Body, Role, Tokens, rule
 from facegate.server.throttle import AuthThrottle, FailureWindow, RateLimiter
 from facegate.settings import ServerSettings
-from facegate.store import StoreError
 
 log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -10,8 +10,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from facegate.live.unknowns import UnknownFace
 from facegate.server.api import MAX_TRACK_ID, Handler, error
-from facegate.unknowns import UnknownFace
 
 if TYPE_CHECKING:
     from facegate.server.runtime import Runtime

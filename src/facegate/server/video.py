@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from facegate.events import Tracks
+from facegate.live.sources import Frame
 from facegate.server.annotate import annotate, blank, jpeg, placeholder
 from facegate.server.api import Handler, error
-from facegate.sources import Frame
 
 if TYPE_CHECKING:
     from facegate.server.runtime import Runtime

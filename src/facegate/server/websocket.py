@@ -20,7 +20,7 @@ import msgspec
 from starlette.websockets import WebSocket
 
 from facegate.events import Tracks
-from facegate.names import InvalidNameError
+from facegate.identity.names import InvalidNameError
 from facegate.server import api
 from facegate.server.access import MESSAGES, ROUTES, Role, Tokens
 from facegate.server.hub import Hub, close_quietly

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from facegate.face import FaceAnalyzer
-from facegate.modelpack import require_pack
 from facegate.settings import Settings, models_dir
+from facegate.vision.face import FaceAnalyzer
+from facegate.vision.modelpack import require_pack
 
 
 def open_analyzer(settings: Settings) -> FaceAnalyzer:
@@ -14,10 +14,10 @@ def open_analyzer(settings: Settings) -> FaceAnalyzer:
         models_dir(settings), pack, allow_download=settings.models.allow_download
     )
     if pack == "faceplugin":
-        from facegate.faceplugin import FacepluginAnalyzer
+        from facegate.vision.faceplugin import FacepluginAnalyzer
 
         return FacepluginAnalyzer(pack_dir, settings.detection, threads=settings.models.threads)
-    from facegate.insightface_pack import InsightFaceAnalyzer
+    from facegate.vision.insightface_pack import InsightFaceAnalyzer
 
     return InsightFaceAnalyzer(
         pack_dir, settings.detection, threads=settings.models.threads, name=pack

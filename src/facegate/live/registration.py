@@ -40,7 +40,7 @@ from facegate.events import (
     RegistrationWaiting,
     SystemReady,
 )
-from facegate.pose_guide import (
+from facegate.live.pose_guide import (
     HOLD_STILL,
     INSTRUCTIONS,
     direction_hint,
@@ -108,7 +108,7 @@ class Observation:
     usable: bool  # passes the enrolment quality gate
     embedding: npt.NDArray[np.float32] | None
     bbox: tuple[float, float, float, float] | None = None
-    quality: float = 0.0  # 0..1, see enrolment.quality_score
+    quality: float = 0.0  # 0..1, see vision.quality.quality_score
     frame_time: float | None = None  # stream time of the frame (None: use the runtime's clock)
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from facegate.face import ImageArray
+from facegate.vision.face import ImageArray
 
 THUMB = (64, 36)
 BINS = [12, 8]

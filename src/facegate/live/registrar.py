@@ -26,10 +26,11 @@ from facegate.events import (
     RegistrationComplete,
     UnknownPersonDetected,
 )
-from facegate.focus import RegistrationFocus
-from facegate.gallery import Gallery
-from facegate.names import clean_name
-from facegate.registration import (
+from facegate.identity.gallery import Gallery
+from facegate.identity.names import clean_name
+from facegate.identity.store import NewEmbedding, StoreError
+from facegate.live.focus import RegistrationFocus
+from facegate.live.registration import (
     Input,
     Observation,
     Offer,
@@ -51,7 +52,6 @@ from facegate.registration import (
     target,
 )
 from facegate.settings import Settings
-from facegate.store import NewEmbedding, StoreError
 
 log = logging.getLogger(__name__)
 ACTOR = "registration"
@@ -110,7 +110,7 @@ class Registrar:
     def decide(self, register: bool, name: str | None, client: str) -> Reply:
         """An operator's answer (WebSocket or REST). The first decision wins.
 
-        Raises InvalidNameError for a name that breaks the rule (`facegate.names`), before
+        Raises InvalidNameError for a name that breaks the rule (`facegate.identity.names`), before
         anything happens; no name (or only white space) means a default name."""
         cleaned = clean_name(name) if register and name and name.strip() else None
         replies = self.handle(OperatorDecision(register, cleaned or None, client))

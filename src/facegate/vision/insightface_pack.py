@@ -4,7 +4,7 @@ Every `.onnx` of the pack is loaded with `insightface.model_zoo.get_model` on CP
 its `taskname`: 'detection' (SCRFD/RetinaFace, with five keypoints), 'recognition'
 (ArcFaceONNX) and 'landmark_3d_68' (used for head pose only); the rest is ignored.
 
-Pose, in this project's convention (`facegate.face`: yaw > 0 = turned toward the image's
+Pose, in this project's convention (`facegate.vision.face`: yaw > 0 = turned toward the image's
 left, pitch > 0 = looking up, roll > 0 = clockwise in the image):
 - with a 'landmark_3d_68' model, insightface's own pose (`Landmark.get` sets `face.pose` =
   (pitch, yaw, roll) from `transform.P2sRt` / `matrix2angle`), converted by
@@ -33,10 +33,10 @@ from insightface.data import get_object
 from insightface.model_zoo import model_zoo
 from insightface.utils.face_align import arcface_dst
 
-from facegate import alignment
-from facegate.face import Detection, ImageArray, Point, StageTimings
-from facegate.modelpack import ModelPackError, onnx_folder
 from facegate.settings import DetectionSettings
+from facegate.vision import alignment
+from facegate.vision.face import Detection, ImageArray, Point, StageTimings
+from facegate.vision.modelpack import ModelPackError, onnx_folder
 
 DETECT_SIZE = (640, 640)
 TASKS = ("detection", "recognition", "landmark_3d_68")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from facegate.names import InvalidNameError, clean_name
-from facegate.store_types import Clock, NewEmbedding, StoreError
+from facegate.identity.names import InvalidNameError, clean_name
+from facegate.identity.store_types import Clock, NewEmbedding, StoreError
 
 
 class Rows:

@@ -18,9 +18,9 @@ import onnxruntime as ort
 from insightface.model_zoo import model_zoo
 from onnx import helper, numpy_helper
 
-from facegate import alignment, headpose
-from facegate.face import BBox, Detection, ImageArray, StageTimings
 from facegate.settings import DetectionSettings
+from facegate.vision import alignment, headpose
+from facegate.vision.face import BBox, Detection, ImageArray, StageTimings
 
 DETECT_SIZE = (320, 240)  # width, height the detector sees
 LANDMARK_SIZE = 64

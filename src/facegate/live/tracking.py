@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from facegate.face import BBox, Detection
 from facegate.settings import EngineSettings
+from facegate.vision.face import BBox, Detection
 
 MOTION_SMOOTHING = 0.5  # EMA factor per second-normalised update
 

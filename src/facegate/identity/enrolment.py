@@ -1,7 +1,7 @@
 """Enrolment from photos: create a person from photos, or add photos to one.
 
 Each photo is checked in turn, and refused with the reason (similarities included):
-- it must hold a face; with several, the one `face.choose_face` picks is taken and a warning
+- it must hold a face; with several, the one `vision.face.choose_face` picks is taken and a warning
   says which. A photo with two faces of similar size and place (an ambiguous choice) is
   refused: crop it, or name the face (`face`: its 1-based number in the detector's order,
   as `facegate analyze` and `POST /api/identify` list them);
@@ -23,20 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import cv2
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from facegate.face import Face, FaceAnalyzer, ImageArray, NoSuchFaceError, photo_face
-from facegate.gallery import Gallery
-from facegate.quality import QualityValidator
-from facegate.store import NewEmbedding, Source
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import NewEmbedding, Source
+from facegate.vision.face import Face, FaceAnalyzer, ImageArray, NoSuchFaceError, photo_face
+from facegate.vision.images import thumbnail_jpeg
+from facegate.vision.quality import QualityValidator, quality_score
 
 # Pose labels of enrolled views. Inside FRONT_LIMIT on both axes is `front`; otherwise the
-# axis turned furthest names the view (the subject's own left/right; see face.py).
+# axis turned furthest names the view (the subject's own left/right; see vision/face.py).
 FRONT_LIMIT = 12.0
-THUMBNAIL_QUALITY = 90
 # Two embeddings this similar are the same photo (or a copy of it), not two views of a face.
 DUPLICATE_SIMILARITY = 0.999
 
@@ -84,20 +83,6 @@ def pose_label(yaw: float | None, pitch: float | None) -> str:
     if abs(yaw) >= abs(pitch):
         return "right" if yaw > 0 else "left"
     return "up" if pitch > 0 else "down"
-
-
-def quality_score(face: Face) -> float:
-    """0..1: detector confidence scaled down for small or soft faces."""
-    size = min(1.0, face.quality.face_px / 112.0)
-    sharp = min(1.0, face.quality.sharpness / 100.0)
-    return round(float(face.det_score) * size * sharp, 4)
-
-
-def thumbnail_jpeg(face: Face) -> bytes | None:
-    if face.aligned is None:
-        return None
-    ok, data = cv2.imencode(".jpg", face.aligned, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
-    return data.tobytes() if ok else None
 
 
 class _Known(msgspec.Struct, frozen=True):

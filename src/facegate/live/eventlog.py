@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import msgspec
 
-from facegate.bus import Subscription
 from facegate.events import Event, RegistrationApproved, data_of, to_wire, type_name
+from facegate.identity.store import LoggedEvent, Store, StoreError
+from facegate.live.bus import Subscription
 from facegate.settings import EventLogSettings
-from facegate.store import LoggedEvent, Store, StoreError
 
 log = logging.getLogger(__name__)
 BATCH = 200

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from insightface.utils import face_align
 
-from facegate.face import BBox, Detection, Face, ImageArray, Point, Quality, StageTimings
+from facegate.vision.face import BBox, Detection, Face, ImageArray, Point, Quality, StageTimings
 
 # scikit-image 0.26 deprecated `SimilarityTransform.estimate`, which norm_crop calls; the
 # result is unchanged until its removal in 2.2. Silence exactly that message from there.

@@ -1,6 +1,6 @@
 """What the identity store takes and gives: its records and its errors.
 
-Import them from `facegate.store`, which re-exports every name here.
+Import them from `facegate.identity.store`, which re-exports every name here.
 """
 
 from __future__ import annotations

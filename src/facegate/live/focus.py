@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from facegate.registration import Observation
+from facegate.live.registration import Observation
 
 TrackStatus = Literal["unknown", "known", "gone"]
 

@@ -18,6 +18,9 @@ file, then calls it), which applies one rule:
 Each header parser reads what the decoder will read (libjpeg's marker walk, the first
 chunk of a WebP, OpenCV's BMP header rules), so the size checked is the size allocated;
 tests/test_fuzz_images.py checks that on mutated files of every accepted format.
+
+The one encoder is :func:`thumbnail_jpeg`: a face's aligned crop as the JPEG stored and shown
+as its thumbnail.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facegate.face import ImageArray
+from facegate.vision.face import Face, ImageArray
 
 MAX_PIXELS = 40_000_000
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WebP", "BMP")
@@ -252,3 +255,14 @@ def decode_image(data: bytes, name: str = "image") -> ImageArray:
     img = np.asarray(decoded, np.uint8)
     _check_pixels(img.shape[1], img.shape[0], name)
     return img
+
+
+THUMBNAIL_QUALITY = 90  # JPEG quality of face thumbnails
+
+
+def thumbnail_jpeg(face: Face) -> bytes | None:
+    """The face's aligned crop as a JPEG; None when it has no aligned crop."""
+    if face.aligned is None:
+        return None
+    ok, data = cv2.imencode(".jpg", face.aligned, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
+    return data.tobytes() if ok else None

@@ -26,8 +26,8 @@ import msgspec
 import numpy as np
 
 from facegate.events import SourceStatus
-from facegate.face import ImageArray
-from facegate.images import ImageError, read_image
+from facegate.vision.face import ImageArray
+from facegate.vision.images import ImageError, read_image
 
 log = logging.getLogger(__name__)
 

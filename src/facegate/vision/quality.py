@@ -1,11 +1,13 @@
-"""Quality gates: is a face usable for recognition, or for enrolment, and if not, why."""
+"""Quality gates: is a face usable for recognition, or for enrolment, and if not, why; and
+`quality_score`, the one number that ranks views of a face (the best thumbnail, the best
+sample of a pose)."""
 
 from __future__ import annotations
 
 import msgspec
 
-from facegate.face import Face
 from facegate.settings import QualityGate, QualitySettings
+from facegate.vision.face import Face
 
 
 class GateResult(msgspec.Struct, frozen=True):
@@ -52,3 +54,10 @@ class QualityValidator:
 
     def for_enrolment(self, face: Face) -> GateResult:
         return check(face, self._settings.enrolment)
+
+
+def quality_score(face: Face) -> float:
+    """0..1: detector confidence scaled down for small or soft faces."""
+    size = min(1.0, face.quality.face_px / 112.0)
+    sharp = min(1.0, face.quality.sharpness / 100.0)
+    return round(float(face.det_score) * size * sharp, 4)

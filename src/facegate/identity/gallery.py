@@ -26,9 +26,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from facegate.index import VectorIndex
+from facegate.identity.index import VectorIndex
+from facegate.identity.store import ErasurePendingError, NewEmbedding, Person, Store, StoreError
 from facegate.settings import Settings
-from facegate.store import ErasurePendingError, NewEmbedding, Person, Store, StoreError
 
 INDEX_NAME = "index.faiss"
 SEARCH_DEPTH = 64  # nearest embeddings looked at per probe, grouped into persons

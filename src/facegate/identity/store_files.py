@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from facegate.store_types import StoreError, StoreLockedError
+from facegate.identity.store_types import StoreError, StoreLockedError
 
 DB_NAME = "facegate.db"
 LOCK_NAME = "store.lock"

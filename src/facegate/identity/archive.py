@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 
 from facegate import __version__
-from facegate.store import NewEmbedding, Source, Store, StoreError
+from facegate.identity.store import NewEmbedding, Source, Store, StoreError
 
 T = TypeVar("T")
 

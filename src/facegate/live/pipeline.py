@@ -23,18 +23,18 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from facegate.bus import EventBus
-from facegate.engine import Engine
-from facegate.eventlog import EventLog
 from facegate.events import Event, SourceStatus, Tracks, type_name
-from facegate.face import FaceAnalyzer
-from facegate.focus import RegistrationFocus
-from facegate.gallery import Gallery
-from facegate.monitor import Monitor
+from facegate.identity.gallery import Gallery
+from facegate.identity.store import Store, StoreLockedError
+from facegate.live.bus import EventBus
+from facegate.live.engine import Engine
+from facegate.live.eventlog import EventLog
+from facegate.live.focus import RegistrationFocus
+from facegate.live.monitor import Monitor
+from facegate.live.sources import Capture, FrameSource
+from facegate.live.unknowns import RecentUnknowns
 from facegate.settings import Settings
-from facegate.sources import Capture, FrameSource
-from facegate.store import Store, StoreLockedError
-from facegate.unknowns import RecentUnknowns
+from facegate.vision.face import FaceAnalyzer
 
 BUS_CAPACITY = 4096  # the engine's events waiting for the loop
 HISTORY_QUEUE = 10_000  # events waiting for the history writer

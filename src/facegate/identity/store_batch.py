@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from facegate.store_rows import Rows, valid_name
-from facegate.store_types import NewEmbedding, StoreError
+from facegate.identity.store_rows import Rows, valid_name
+from facegate.identity.store_types import NewEmbedding, StoreError
 
 
 class BatchWriter:

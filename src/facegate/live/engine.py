@@ -15,7 +15,7 @@ vote; time the stability of unknown faces. Events:
 
 Every processed frame also yields a `Tracks` view (`latest_view`, and `on_tracks` when set):
 only the tracks matched to a detection in that frame, each named only while its latest check
-agrees with its identity. A scene cut (scene.py, or most faces replaced at once) freezes the
+agrees with its identity. A scene cut (vision/scene.py, or most faces replaced at once) freezes the
 old tracks, so no name continues onto whoever appears where a face was.
 
 Registration talks to the engine only through its `RegistrationFocus` (focus.py), given at
@@ -36,7 +36,6 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from facegate.enrolment import quality_score, thumbnail_jpeg
 from facegate.events import (
     Event,
     PersonLeftArea,
@@ -47,18 +46,19 @@ from facegate.events import (
     UnknownPersonDetected,
     type_name,
 )
-from facegate.face import Detection, Face, FaceAnalyzer
-from facegate.focus import RegistrationFocus, TrackStatus
-from facegate.gallery import Gallery
-from facegate.headpose import geometry_pose
-from facegate.monitor import Monitor
-from facegate.quality import QualityValidator
-from facegate.registration import Observation
-from facegate.scene import SceneCuts
+from facegate.identity.gallery import Gallery
+from facegate.live.focus import RegistrationFocus, TrackStatus
+from facegate.live.monitor import Monitor
+from facegate.live.registration import Observation
+from facegate.live.sources import Capture, Frame
+from facegate.live.tracking import Track, Tracker, drift, shape
+from facegate.live.unknowns import RecentUnknowns
 from facegate.settings import Settings
-from facegate.sources import Capture, Frame
-from facegate.tracking import Track, Tracker, drift, shape
-from facegate.unknowns import RecentUnknowns
+from facegate.vision.face import Detection, Face, FaceAnalyzer
+from facegate.vision.headpose import geometry_pose
+from facegate.vision.images import thumbnail_jpeg
+from facegate.vision.quality import QualityValidator, quality_score
+from facegate.vision.scene import SceneCuts
 
 Publish = Callable[[Event], None]
 # A view at least this much larger than the last embedded one is worth embedding again.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from facegate.store_types import StoreError
+from facegate.identity.store_types import StoreError
 
 APPLICATION_ID = 0x46474154  # "FGAT"
 

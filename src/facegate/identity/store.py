@@ -35,12 +35,18 @@ from typing import IO, Any
 
 import numpy as np
 
-from facegate import store_files, store_schema
-from facegate.store_batch import BatchWriter
-from facegate.store_files import BUSY_TIMEOUT_S, DB_NAME, LOCK_NAME, PAGE_SIZE, SQLITE_HEADER
-from facegate.store_rows import Rows, valid_name
-from facegate.store_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from facegate.store_types import (
+from facegate.identity import store_files, store_schema
+from facegate.identity.store_batch import BatchWriter
+from facegate.identity.store_files import (
+    BUSY_TIMEOUT_S,
+    DB_NAME,
+    LOCK_NAME,
+    PAGE_SIZE,
+    SQLITE_HEADER,
+)
+from facegate.identity.store_rows import Rows, valid_name
+from facegate.identity.store_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from facegate.identity.store_types import (
     AuditEntry,
     Clock,
     EmbeddingInfo,
