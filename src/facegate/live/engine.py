@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -54,8 +53,8 @@ from facegate.live.sources import Capture, Frame
 from facegate.live.tracking import Track, Tracker, drift, shape
 from facegate.live.unknowns import RecentUnknowns
 from facegate.settings import Settings
+from facegate.vision.analyzers import describe_cheaply
 from facegate.vision.face import Detection, Face, FaceAnalyzer
-from facegate.vision.headpose import geometry_pose
 from facegate.vision.images import thumbnail_jpeg
 from facegate.vision.quality import QualityValidator, quality_score
 from facegate.vision.scene import SceneCuts
@@ -175,7 +174,7 @@ class Engine:
             if i == registering:
                 face = self.analyzer.describe(frame.image, detections[i], embed=True, pose=True)
             else:
-                face = self._describe(frame, detections[i])
+                face = describe_cheaply(self.analyzer, frame.image, detections[i])
             self.monitor.stage("embed", (time.perf_counter() - t_embed) * 1e3)
             if face.embedding is not None:
                 embeddings[i] = face.embedding
@@ -349,16 +348,6 @@ class Engine:
                 )
             )
             return
-
-    def _describe(self, frame: Frame, detection: Detection) -> Face:
-        """Embedding plus a pose for the quality gate: from the dense landmarks where the pack
-        has them (free), else from the pack's pose model."""
-        points = detection.dense_landmarks
-        if points is None:
-            return self.analyzer.describe(frame.image, detection, embed=True, pose=True)
-        face = self.analyzer.describe(frame.image, detection, embed=True, pose=False)
-        yaw, pitch, roll = geometry_pose(points)
-        return msgspec.structs.replace(face, yaw=yaw, pitch=pitch, roll=roll)
 
     def _needs_embedding(self, detections: list[Detection], now: float) -> list[int]:
         """Which detections to embed this frame (not every face on every frame), most urgent

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from facegate.settings import Settings, models_dir
-from facegate.vision.face import FaceAnalyzer
+from facegate.vision.face import Detection, Face, FaceAnalyzer, ImageArray
+from facegate.vision.headpose import geometry_pose
 from facegate.vision.modelpack import require_pack
 
 
@@ -22,3 +25,16 @@ def open_analyzer(settings: Settings) -> FaceAnalyzer:
     return InsightFaceAnalyzer(
         pack_dir, settings.detection, threads=settings.models.threads, name=pack
     )
+
+
+def describe_cheaply(analyzer: FaceAnalyzer, image: ImageArray, detection: Detection) -> Face:
+    """The embedding plus a pose good enough for the quality gate, as cheaply as the pack
+    allows: from the dense landmarks the detection already carries where the pack has them
+    (faceplugin's 68 points: no pose model run), else from the pack's own pose estimate.
+    (A registration, which needs the accurate pose, calls `describe(..., pose=True)`.)"""
+    points = detection.dense_landmarks
+    if points is None:
+        return analyzer.describe(image, detection, embed=True, pose=True)
+    face = analyzer.describe(image, detection, embed=True, pose=False)
+    yaw, pitch, roll = geometry_pose(points)
+    return msgspec.structs.replace(face, yaw=yaw, pitch=pitch, roll=roll)
