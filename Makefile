@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup browser test lint unit bench fuzz clean
+.PHONY: setup browser broker test lint unit bench fuzz clean
 
-setup: $(VENV)/.installed browser
+setup: $(VENV)/.installed browser broker
 	$(VENV)/bin/facegate models fetch
 
 # The panel's end-to-end test drives Debian's Chromium with Playwright (no browser download).
@@ -14,6 +14,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# The MQTT tests start Debian's Mosquitto (never a mock broker) on a free port.
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -275,6 +275,37 @@ class QualitySettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     enrolment: QualityGate = msgspec.field(default_factory=_enrolment_gate)
 
 
+class MqttSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # The broker, e.g. "mqtt://user:pass@host:1883" or "mqtts://host:8883"; "" = MQTT off.
+    # (FACEGATE_MQTT_URL overrides it; the password is never logged.)
+    url: str = ""
+    # Topics: <topic_prefix>/<gate_id>/..., <topic_prefix>/people/<person>.
+    topic_prefix: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = (
+        "facegate"
+    )
+    gate_id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = "gate"
+    # Home Assistant's MQTT discovery prefix ("" = no discovery).
+    discovery_prefix: Annotated[str, Meta(max_length=64, pattern=r"^[A-Za-z0-9_/-]*$")] = (
+        "homeassistant"
+    )
+    # Names of recognised people in topics and payloads (off: person ids only).
+    publish_names: bool = True
+    qos: Annotated[int, Meta(ge=0, le=2)] = 1
+    # A CA certificate file for mqtts:// brokers with a private CA ("" = the system's CAs).
+    tls_ca: str = ""
+    # Accept `<prefix>/<gate>/registration/decision`: whoever can publish there can approve a
+    # stranger, so it is off unless you trust everyone who can write to the broker.
+    registration_commands: bool = False
+    # Messages waiting while the broker is away (the oldest non-critical ones go first).
+    queue: Annotated[int, Meta(ge=10, le=100_000)] = 1000
+    # A JPEG of the face with person_recognized / unknown_person_detected.
+    snapshots: bool = True
+    # Also publish Frigate-shaped `tracked_object_update` messages (for existing automations).
+    frigate: bool = False
+    # Seconds between reconnection attempts: doubling from 1 up to this.
+    reconnect_max_seconds: Annotated[float, Meta(ge=1.0, le=600.0)] = 30.0
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     models: ModelSettings = msgspec.field(default_factory=ModelSettings)
     detection: DetectionSettings = msgspec.field(default_factory=DetectionSettings)
@@ -286,6 +317,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     events: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
     registration: RegistrationSettings = msgspec.field(default_factory=RegistrationSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
 
 
 class SettingsError(ValueError):
