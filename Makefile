@@ -60,6 +60,8 @@ bench:
 	$(PY) bench/ws_fanout.py
 	$(PY) bench/upload_flood.py
 	$(PY) bench/greeting.py
+	# MQTT through a real Mosquitto: event -> message latency; engine fps with MQTT off/on/broker down.
+	$(PY) bench/mqtt.py
 	# A peer side by side: face_recognition 1.3 (dlib) in its own venv under ~/.cache/facegate.
 	$(PY) bench/peers.py --python $(PYTHON)
 	# The panel: unknown_person_detected on the server -> dialog visible in Chromium.

@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also print the faces of every processed frame (a `tracks` line: boxes, states,"
         " names, similarities), e.g. to draw them or to audit what the gate showed",
     )
+    p.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="also publish to this MQTT broker (mqtt://[user:pass@]host[:port] or mqtts://...;"
+        " the other [mqtt] settings apply; beside a running `serve` give this one its own"
+        " mqtt.gate_id)",
+    )
     add("schema", live.cmd_schema, "print the JSON Schema of the events")
     p = add("serve", serve.cmd_serve, "serve the panel, REST and WebSocket API on the live source")
     p.add_argument(

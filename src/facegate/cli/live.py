@@ -1,4 +1,5 @@
-"""`facegate run` (the live engine, headless, events as lines) and `facegate schema`."""
+"""`facegate run` (the live engine, headless, events as lines; `--mqtt URL`: also to a broker)
+and `facegate schema`."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from facegate.cli.common import EXIT_OK, Context
 from facegate.events import Event, Tracks, data_of, to_wire, type_name
 from facegate.identity.store import StoreError
 
 if TYPE_CHECKING:
     from facegate.live.bus import Subscription
+    from facegate.server.mqtt import MqttBridge
 
 
 def _line(event: Event, as_json: bool) -> str:
@@ -48,6 +52,17 @@ async def _run(ctx: Context) -> int:
     from facegate.live.sources import SourceError, open_source
 
     args = ctx.args
+    settings = ctx.settings
+    if args.mqtt:  # only when asked: MQTT settings in the environment are `serve`'s
+        from facegate.server.mqtt import MqttConfigError, parse_url
+
+        settings = msgspec.structs.replace(
+            settings, mqtt=msgspec.structs.replace(settings.mqtt, url=args.mqtt)
+        )
+        try:
+            parse_url(args.mqtt)
+        except MqttConfigError as exc:
+            return ctx.out.fail(str(exc))
     try:
         source = open_source(args.source)
     except SourceError as exc:
@@ -63,7 +78,7 @@ async def _run(ctx: Context) -> int:
     # The data directory for writing (events are logged), or read-only beside a running
     # `serve` (recognition works; history is not written).
     pipeline = Pipeline.open(
-        ctx.settings,
+        settings,
         ctx.data_dir,
         source,
         ctx.analyzer(),
@@ -76,6 +91,12 @@ async def _run(ctx: Context) -> int:
         print("facegate: data directory in use; running without event history", file=sys.stderr)
     printer = pipeline.bus.subscribe("stdout", maxsize=100_000)
     printing = asyncio.create_task(_print(printer, ctx.out.as_json))
+    bridge: MqttBridge | None = None
+    if args.mqtt:
+        from facegate.server.mqtt import MqttBridge
+
+        bridge = MqttBridge.for_pipeline(settings, pipeline)  # no registrar: `run` registers nobody
+        await bridge.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.engine.stop)
     pipeline.start()
@@ -86,6 +107,8 @@ async def _run(ctx: Context) -> int:
             loop.remove_signal_handler(sig)
         # Let events handed over by the engine thread reach the subscribers, then finish.
         await pipeline.halt(settle=0.05)
+        if bridge is not None:  # the last events, "offline", disconnect
+            await bridge.stop()
         while (event := printer.get_nowait()) is not None:
             sys.stdout.write(_line(event, ctx.out.as_json) + "\n")
         printer.close()

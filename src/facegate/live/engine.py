@@ -18,6 +18,15 @@ only the tracks matched to a detection in that frame, each named only while its 
 agrees with its identity. A scene cut (vision/scene.py, or most faces replaced at once) freezes the
 old tracks, so no name continues onto whoever appears where a face was.
 
+Recognition can be switched off and on (`set_recognition`, from any thread; the MQTT switch
+`<prefix>/<gate>/recognition/set`). It takes effect at the next processed frame. Switching it
+off: every person present leaves at once (`person_left_area`, named), every track forgets who
+it was. While off the engine still detects and tracks faces (boxes, `tracks` views with every
+face `pending`, or `registering`) but embeds and identifies nobody, greets nobody and offers
+nobody; strangers already offered still leave when they go, and a registration under way still
+captures its face (a face registered meanwhile is adopted, and greeted when recognition is on
+again). Switching it on: the faces in view are identified afresh and greeted as on arrival.
+
 Registration talks to the engine only through its `RegistrationFocus` (focus.py), given at
 construction: the face being registered is described with the full pose model on every frame
 and handed on, prompts wait while a registration is under way, a registered track is adopted
@@ -116,6 +125,11 @@ class Engine:
         self._previous: list[int] = []  # ids of the tracks seen in the previous frame
         self._gallery_version = gallery.version
         self._adopted: set[int] = set()  # tracks registered as a person (greeted as such)
+        # Recognition on/off: asked for from any thread (`set_recognition`), applied by the
+        # engine thread at its next frame (`_recognizing` is the engine thread's own).
+        self._recognition_wanted = threading.Event()
+        self._recognition_wanted.set()
+        self._recognizing = True
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, capture: Capture) -> None:
@@ -141,6 +155,37 @@ class Engine:
     def stop(self) -> None:
         self.stop_event.set()
 
+    # -- recognition on/off ------------------------------------------------------------------
+    @property
+    def recognition_enabled(self) -> bool:
+        """Whether recognition is on (as last asked: applied from the engine's next frame)."""
+        return self._recognition_wanted.is_set()
+
+    def set_recognition(self, enabled: bool) -> None:
+        """Switch recognition on or off (any thread); see the module docstring."""
+        if enabled:
+            self._recognition_wanted.set()
+        else:
+            self._recognition_wanted.clear()
+
+    def _follow_switch(self) -> None:
+        """Apply a change of `set_recognition` (the engine thread, before a frame)."""
+        wanted = self._recognition_wanted.is_set()
+        if wanted == self._recognizing:
+            return
+        self._recognizing = wanted
+        if wanted:
+            return  # the unidentified tracks are identified afresh from this frame on
+        for person_id, track in list(self._present.items()):
+            del self._present[person_id]
+            self._left(track, person_id)
+        self._person_seen.clear()
+        for track in self.tracker.tracks.values():
+            if track.identity is not None or track.greeted is not None:
+                track.announced = False  # greeted (and now gone), not offered: nothing to undo
+            track.greeted = None
+            self.tracker.forget_identity(track)
+
     # -- one frame ---------------------------------------------------------------------------
     def frame_time(self, frame: Frame) -> float:
         """The stream's own time: a file's position (monotonic across loops) when it has one,
@@ -163,8 +208,10 @@ class Engine:
         if (cut or self.tracker.replaces_faces(detections, self._previous)) and self.tracker.cut():
             self.cuts += 1
         self._follow_gallery()
+        self._follow_switch()
+        recognizing = self._recognizing
         registering = self._registering_index(detections)
-        need = self._needs_embedding(detections, now)
+        need = self._needs_embedding(detections, now) if recognizing else []
         if registering is not None:  # described below, with the full pose model
             need = [i for i in need if i != registering]
         embeddings: dict[int, npt.NDArray[np.float32]] = {}
@@ -182,13 +229,15 @@ class Engine:
         seen, _ = self.tracker.associate(detections, embeddings, now)
         search_ms = 0.0
         for i, track in enumerate(seen):
-            if i in described:
+            if i in described and recognizing:
                 t_search = time.perf_counter()
                 self._identify(track, described[i], now)
                 search_ms += (time.perf_counter() - t_search) * 1e3
         self._apply_adoptions()
         self.unknowns.frame(now)
         for i, track in enumerate(seen):
+            if not recognizing:
+                continue  # tracked, not identified: no greeting, no offer
             if track.identity is not None:
                 self._person_seen[track.identity] = now
             self._note_unknown(track, described.get(i), now)
@@ -228,6 +277,8 @@ class Engine:
             similarity = None if track.best_similarity <= -1.0 else track.best_similarity
             if track.id == registering:
                 state = "registering"
+            elif not self._recognizing:
+                state, similarity = "pending", None
             elif self._name_holds(track, now):
                 assert track.identity is not None
                 state, person = "known", track.identity

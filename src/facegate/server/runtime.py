@@ -5,7 +5,10 @@
   events to the loop through the bus, the event history;
 - what `serve` adds: the registration runtime (live/registrar.py) on the pipeline's registration
   focus, fed from the bus and with the registering face of every frame, and a ticker for its
-  timeouts. The WebSocket hub is the app's (server/app.py).
+  timeouts. The WebSocket hub is the app's (server/app.py);
+- when `mqtt.url` is set, the MQTT bridge (server/mqtt.py): a bus subscriber publishing to the
+  broker (an unusable URL is logged and MQTT stays off; a broker that is away never stops the
+  gate). It is stopped after the engine, so the last events and "offline" still go out.
 Stopping aborts an in-flight registration (nothing half-stored: the store is only written in
 one transaction at the very end of a registration) and stops the threads within seconds.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +39,11 @@ from facegate.live.registrar import Registrar
 from facegate.live.registration import Observation
 from facegate.live.sources import FrameSource
 from facegate.live.unknowns import RecentUnknowns
+from facegate.server.mqtt import MqttBridge, MqttConfigError, bridge_for
 from facegate.settings import Settings
 from facegate.vision.face import FaceAnalyzer
 
+log = logging.getLogger(__name__)
 TICK_SECONDS = 0.25
 
 
@@ -67,6 +73,7 @@ class Runtime:
             settings.engine.unknowns_kept, settings.engine.unknowns_keep_seconds
         )
         self._running: tuple[Pipeline, Registrar] | None = None
+        self.mqtt: MqttBridge | None = None  # when `mqtt.url` is set, from `start` on
         self._upload_analyzer: FaceAnalyzer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Set when the server begins shutting down: long responses (the MJPEG stream) end.
@@ -129,7 +136,19 @@ class Runtime:
         self._running = (pipeline, registrar)
         self._tasks.append(asyncio.create_task(self._feed_registrar()))
         self._tasks.append(asyncio.create_task(self._ticker()))
+        await self._start_mqtt(pipeline, registrar)
         pipeline.start()
+
+    async def _start_mqtt(self, pipeline: Pipeline, registrar: Registrar) -> None:
+        """The MQTT bridge, subscribed before the engine starts (it misses no event)."""
+        try:
+            bridge = bridge_for(self.settings, pipeline, registrar)
+        except MqttConfigError as exc:
+            log.error("%s; MQTT is off", exc)
+            return
+        if bridge is not None:
+            await bridge.start()
+            self.mqtt = bridge
 
     async def _feed_registrar(self) -> None:
         sub = self.bus.subscribe("registrar", maxsize=4096)
@@ -150,6 +169,8 @@ class Runtime:
         pipeline, registrar = self._running
         registrar.reset()  # an in-flight registration is dropped, never half-stored
         await pipeline.halt()  # the engine, then the capture; handed-over events arrive
+        if self.mqtt is not None:  # the last events, then "offline", then disconnect
+            await self.mqtt.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
