@@ -50,14 +50,9 @@ from facegate.live.registration import Phase
 from facegate.live.sources import Frame
 from facegate.server import homeassistant as ha
 from facegate.server.homeassistant import Message
-from facegate.server.mqtt import (
-    GateStatus,
-    MqttBridge,
-    MqttConfigError,
-    Outbox,
-    face_jpeg,
-    parse_url,
-)
+from facegate.server.mqtt import MqttBridge, MqttConfigError, parse_url
+from facegate.server.mqtt_outbox import Outbox
+from facegate.server.mqtt_status import GateStatus, face_jpeg
 from facegate.settings import MqttSettings, Settings
 from fakes import NoFaces
 
