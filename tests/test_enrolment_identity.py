@@ -5,18 +5,15 @@ is audited. Real models on real photos, through the CLI and the HTTP API."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from facegate.cli import main
 from facegate.identity.store import AuditEntry, Store
 from facegate.settings import Settings
+from test_cli_persons import data, run  # noqa: F401  (the CLI helpers and data-dir fixture)
 from test_server import (
     Serve,
     analyzer_pool,  # noqa: F401
@@ -30,22 +27,6 @@ from test_server import uploads as needs_multipart
 ADA = ("img1.jpg", "img2.jpg", "img4.jpg")  # one person (pairs_master.csv: Yes)
 SOMEONE_ELSE = "img20.jpg"  # another person
 THRESHOLD = Settings().recognition.threshold
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, Any]]]:
-    code = main([*argv, "--json"])
-    out = capsys.readouterr().out
-    return code, [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-@pytest.fixture
-def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faceplugin_dir: Path) -> Path:
-    for name in list(os.environ):
-        if name.startswith("FACEGATE_"):
-            monkeypatch.delenv(name)
-    d = tmp_path / "data"
-    monkeypatch.setenv("FACEGATE_HOME", str(d))
-    return d
 
 
 def audit_rows(data: Path, action: str) -> list[AuditEntry]:
