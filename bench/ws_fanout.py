@@ -45,6 +45,7 @@ import multiprocessing
 import os
 import resource
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -59,13 +60,15 @@ import numpy as np
 import uvicorn
 import websockets
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 from facegate.events import SystemReady, to_wire
 from facegate.live.sources import ImageFolderSource
 from facegate.server.app import create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
-from facegate.vision.face import Detection, Face, ImageArray, StageTimings
+from fakes import NoFaces  # the analyzer that finds nobody (tests/fakes.py)
 
 STALL_SECONDS = 8.0  # fan-out server: outlasts the runs made while the stalled client is there
 NON_READER_STALL_SECONDS = 2.0
@@ -73,27 +76,6 @@ PACED_RATE = 20.0  # events a second in the paced runs (a busy gate: several fac
 PACED_EVENTS = 60
 FILLER = "x" * 16_000
 PING_EVERY = 0.02  # the normal client's pings in the non-reader scenario
-
-
-class NoFaces:
-    """An analyzer that finds nobody: the engine loop runs, but costs nothing."""
-
-    name = "none"
-    embedding_size = 512
-    timings = StageTimings()
-
-    def detect(self, frame_bgr: ImageArray) -> list[Detection]:
-        return []
-
-    def describe(
-        self, frame_bgr: ImageArray, detection: Detection, *, embed: bool = True, pose: bool = True
-    ) -> Face:
-        raise AssertionError("no face is ever detected")
-
-    def analyze(
-        self, frame_bgr: ImageArray, *, embed: bool = True, pose: bool = True
-    ) -> list[Face]:
-        return []
 
 
 def free_port() -> int:

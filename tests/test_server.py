@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import cv2
 import msgspec
 import numpy as np
@@ -37,6 +36,7 @@ from facegate.server.app import STATIC, create_app
 from facegate.server.runtime import Runtime
 from facegate.settings import Settings, load_settings
 from facegate.vision.face import FaceAnalyzer
+from fuzzing import recv
 
 pytestmark = [
     pytest.mark.shared_data,
@@ -188,20 +188,6 @@ def app(serve: Serve) -> Iterator[tuple[TestClient, Runtime]]:
 @pytest.fixture
 def client(app: tuple[TestClient, Runtime]) -> TestClient:
     return app[0]
-
-
-# -- WebSocket helpers (TestClient's receive has no timeout) -----------------------------------
-def recv(ws: WsSession, timeout: float = 5.0) -> dict[str, Any]:
-    """The next message as JSON; WebSocketDisconnect when closed; TimeoutError when silent."""
-
-    async def get() -> Any:
-        with anyio.fail_after(timeout):
-            return await ws._send_rx.receive()
-
-    message = ws.portal.call(get)
-    ws._raise_on_close(message)
-    result: dict[str, Any] = json.loads(message["text"])
-    return result
 
 
 def wait_for(ws: WsSession, kind: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -446,6 +446,8 @@ class Engine:
         track.yaw, track.pitch = face.yaw, face.pitch
         track.usable = gate.usable
         track.checked_shape = shape(track.detection)
+        if not gate.usable and track.identity is None:
+            return  # a poor view is not a vote, and there is no name to check
         result = self.gallery.identify(face.embedding[None, :])[0]
         if gate.usable:  # a poor view is not a vote
             similarity = result.similarity if result.similarity is not None else -1.0
