@@ -39,6 +39,7 @@ export function beginCapture(angles) {
   reg.done = new Set();
   reg.current = null;
   $("registration").dataset.state = "active";
+  document.body.dataset.registering = "true"; // no Register on other faces meanwhile
   showResult("");
 }
 
@@ -47,6 +48,7 @@ export function endCapture() {
   reg.current = null;
   reg.deadline = null;
   $("registration").dataset.state = "idle";
+  document.body.dataset.registering = "false";
   $("instruction").textContent = "No registration in progress.";
   $("pose-readout").textContent = "yaw –, pitch –";
   $("pose-captured").textContent = "";

@@ -174,6 +174,10 @@ def test_live_overlay_countdowns_reoffer_greeting_and_workspace(
         # -- the capture: the pose countdown and the hint --------------------------------------
         until(page, "document.getElementById('pose-countdown').dataset.seconds", 10_000)
         assert (seconds(page, "#pose-countdown") or 0) > 0
+        # One registration at a time: no face offers "Register" while it runs.
+        assert not [
+            b for b in page.query_selector_all(".uf-register, .overlay-register") if b.is_visible()
+        ]
         page.wait_for_selector("#result.success", timeout=45_000)
         result = page.text_content("#result") or ""
         assert "Grace" in result, result
