@@ -177,20 +177,24 @@ def test_persons_lists_everyone_in_creation_order(store: Store, rng: np.random.G
     assert store.thumbnail(a.id) is None
 
 
-def test_generation_counts_embedding_changes_only(store: Store, rng: np.random.Generator) -> None:
+def test_generation_counts_gallery_changes_one_step_per_transaction(
+    store: Store, rng: np.random.Generator
+) -> None:
     assert store.generation() == 0
     p, _ = store.create_person("A", [emb(unit(rng)), emb(unit(rng))], pack=PACK, actor="t")
     assert store.generation() == 1
     store.add_embeddings(p.id, [emb(unit(rng))], pack=PACK, actor="t")
     assert store.generation() == 2
     store.rename(p.id, "B", actor="t")
-    assert store.generation() == 2  # a rename changes no embedding
+    assert store.generation() == 3  # a name is part of the gallery other gates follow
+    store.record("t", "export")
+    assert store.generation() == 3  # an audit entry alone is not
     q, _ = store.create_person("C", [emb(unit(rng))], pack=PACK, actor="t")
-    assert store.generation() == 3
-    store.delete_person(q.id, actor="t")
     assert store.generation() == 4
-    store.delete_person(p.id, actor="t")
+    store.delete_person(q.id, actor="t")
     assert store.generation() == 5
+    store.delete_person(p.id, actor="t")
+    assert store.generation() == 6
 
 
 def test_rename(store: Store, rng: np.random.Generator, data_dir: Path) -> None:

@@ -1,24 +1,31 @@
-"""The identity store: persons, embeddings, thumbnails and an audit log in one SQLite file.
+"""The identity store: persons, embeddings, thumbnails, an audit log and the event history.
 
-SQLite is the single source of truth; the FAISS index (`index.py`) is rebuilt from it.
-- WAL journal, `synchronous=FULL`, `secure_delete=ON`, foreign keys on. Every multi-row change
-  (a person with all its embeddings) is one transaction; a kill -9 at any moment leaves either
-  all of it or none of it.
-- The schema is versioned (`PRAGMA user_version`) with forward-only migrations, and stamped
-  with facegate's `application_id`: a file that is not SQLite, or another program's SQLite
-  database, is refused and never written to.
-- One writer per data directory, enforced with an exclusive `flock` on `<data>/store.lock`;
-  readers (`identify`, `persons list`) open the database read-only beside a running writer.
-- Deleting a person is erasure: rows deleted with `secure_delete` (freed space zeroed), then
-  the WAL checkpointed and truncated, so the vectors' bytes are gone from the files.
+The store is the single source of truth; each gate's FAISS index (`index.py`) is rebuilt from
+it. Two backends behind one `Database` interface (store_db.py), chosen by `[store] url`:
+- SQLite (the embedded default, store_sqlite.py): `<data>/facegate.db`, WAL, one writing
+  process per data directory; readers (`identify`, `persons list`) open it read-only.
+- PostgreSQL (store_postgres.py, `url = "postgresql://..."`): one database several gates
+  share; each gate follows the others' changes (`follow`).
+For both:
+- Every multi-row change (a person with all its embeddings) is one transaction; a kill -9 at
+  any moment leaves either all of it or none of it. Writes of persons and embeddings hold the
+  gallery's writer lock: a new person's duplicate check and its insert see the same gallery
+  (`enrolling`), even with several gates.
+- The schema is versioned with forward-only migrations; a database of another program or of
+  a newer facegate is refused and never written to.
+- One process per data directory, enforced with an exclusive `flock` on `<data>/store.lock`
+  (the data directory also holds the gate's saved index).
+- Deleting a person is erasure: their rows, embeddings, thumbnail and history, then the
+  deleted bytes are made to leave the files (`reclaim`: SQLite's `secure_delete` plus a WAL
+  truncation; PostgreSQL's VACUUM (FULL) of the tables involved).
 - The data directory is created 0700 and the files 0600. The audit log never holds vectors,
   images or names: who did what to which person id, and when.
 
 `Store` is the one public class, and this module exports every name of the store. Beside it:
-store_types.py (the records and errors), store_schema.py (versions, migrations, which files
-are ours), store_files.py (directory and file permissions, the writer's lock, connections and
-their durability settings, WAL truncation), store_rows.py (the row writes a transaction is
-made of) and store_batch.py (several persons in one transaction, for imports).
+store_types.py (the records and errors), store_schema.py (versions and migrations of both
+backends), store_files.py (SQLite's files: permissions, the lock, connections, WAL
+truncation), store_rows.py (the row writes a transaction is made of) and store_batch.py
+(writers holding one transaction: imports, and a new person checked against the gallery).
 """
 
 from __future__ import annotations
@@ -28,15 +35,13 @@ import json
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
 from facegate.identity import store_files, store_schema
-from facegate.identity.store_batch import BatchWriter
+from facegate.identity.store_batch import BatchWriter, Enrolment
+from facegate.identity.store_db import Database
 from facegate.identity.store_files import (
     BUSY_TIMEOUT_S,
     DB_NAME,
@@ -44,13 +49,19 @@ from facegate.identity.store_files import (
     PAGE_SIZE,
     SQLITE_HEADER,
 )
-from facegate.identity.store_rows import Rows, valid_name
+from facegate.identity.store_postgres import PostgresDatabase, is_postgres_url, redact
+from facegate.identity.store_rows import Rows, read_vectors, valid_name
 from facegate.identity.store_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from facegate.identity.store_sqlite import SqliteDatabase
 from facegate.identity.store_types import (
     AuditEntry,
     Clock,
+    DuplicatePersonError,
     EmbeddingInfo,
     ErasurePendingError,
+    GalleryChange,
+    GateActivity,
+    LastSeen,
     LoggedEvent,
     NewEmbedding,
     Person,
@@ -74,8 +85,13 @@ __all__ = [
     "AuditEntry",
     "BatchWriter",
     "Clock",
+    "DuplicatePersonError",
     "EmbeddingInfo",
+    "Enrolment",
     "ErasurePendingError",
+    "GalleryChange",
+    "GateActivity",
+    "LastSeen",
     "LoggedEvent",
     "NewEmbedding",
     "Person",
@@ -89,101 +105,109 @@ __all__ = [
 
 # How long erasure waits for readers to finish before reporting it could not complete yet.
 CHECKPOINT_WAIT_S = 3.0
+# The schema version from which the event history names its gate (SQLite).
+GATED_EVENTS_VERSION = 4
 
 # The old name of `store_schema.statements`, for tests that build old databases by hand.
 _statements = store_schema.statements
 
 
-class _Fetched:
-    def __init__(self, rows: list[Any]) -> None:
-        self._rows = rows
-
-    def fetchall(self) -> list[Any]:
-        return self._rows
-
-    def fetchone(self) -> Any:
-        return self._rows[0] if self._rows else None
-
-
 class Store:
-    """The SQLite identity store of one data directory. Use `Store.open`."""
+    """The identity store (SQLite or PostgreSQL) of one gate. Use `Store.open`."""
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        data_dir: Path,
-        lock: IO[bytes] | None,
-        clock: Clock,
-    ) -> None:
-        self._conn = conn
+    def __init__(self, db: Database, data_dir: Path, lock: IO[bytes] | None, clock: Clock) -> None:
+        self._db = db
         self.data_dir = data_dir
         self._lock = lock
         self._clock = clock
         self.erasure_pending = False
-        # Serialises use of the connection: the server's loop, its worker threads (uploads)
-        # and the registration take turns. Reentrant: writes call reads.
+        # Serialises this process's writes and their follow-up (erasure's reclaim).
         self._mutex = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, data_dir: Path, *, readonly: bool = False, clock: Clock = time.time) -> Store:
-        db = data_dir / DB_NAME
-        if readonly:
-            if not db.exists():
-                raise StoreError(f"no facegate data in {data_dir} (no {DB_NAME}); enrol someone")
-            store_files.check_header(db)
-            reader = store_files.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
-            try:
-                store_schema.check_schema(reader, db, readonly=True)
-            except BaseException:
-                reader.close()
-                raise
-            return cls(reader, data_dir, None, clock)
-        store_files.secure_dir(data_dir)
-        lock = store_files.take_lock(data_dir)
-        conn: sqlite3.Connection | None = None
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        readonly: bool = False,
+        clock: Clock = time.time,
+        url: str = "",
+        gate: str = "gate",
+    ) -> Store:
+        """The store of the gate whose data directory is `data_dir`: SQLite in it, or with
+        `url` the PostgreSQL database there. `gate` names history rows of before gates had
+        names (SQLite stores made by an older facegate)."""
+        if url and not is_postgres_url(url):
+            raise StoreError(
+                "[store] url must be a postgresql:// URL (or empty for SQLite),"
+                f" not {redact(url)!r}"
+            )
+        lock: IO[bytes] | None = None
+        if not readonly:
+            store_files.secure_dir(data_dir)
+            lock = store_files.take_lock(data_dir)
         try:
-            if db.exists():
-                store_files.check_header(db)
+            db: SqliteDatabase | PostgresDatabase
+            if url:
+                db, version = PostgresDatabase.open(url, readonly=readonly)
             else:
-                store_files.create_private(db)
-            conn = store_files.connect(str(db))
-            # Look before touching: a foreign or newer database is refused unchanged.
-            version = store_schema.check_schema(conn, db, readonly=False)
-            store_files.make_private(db)
-            store_files.configure_writer(conn)
-            store = cls(conn, data_dir, lock, clock)
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                with store._transaction() as tx:
-                    store_schema.migrate_to(tx, target)
+                db, version = SqliteDatabase.open(data_dir, readonly=readonly)
+            try:
+                if not readonly:
+                    db.migrate(version)
+                store = cls(db, data_dir, lock, clock)
+                if not url and not readonly and 0 < version < GATED_EVENTS_VERSION:
+                    with db.transaction() as tx:
+                        tx.run("UPDATE events SET gate = ? WHERE gate = ''", (gate,))
+            except BaseException:
+                db.close()
+                raise
         except BaseException:
-            if conn is not None:
-                conn.close()
-            lock.close()
+            if lock is not None:
+                lock.close()
             raise
         return store
 
     @property
+    def kind(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return self._db.kind
+
+    @property
+    def where(self) -> str:
+        """Where the store is, for messages: a path, or the URL without its password."""
+        return self._db.where
+
+    @property
+    def shared(self) -> bool:
+        """Other gates may write to this store (PostgreSQL)."""
+        return self._db.kind == "postgresql"
+
+    @property
     def path(self) -> Path:
+        """The SQLite file (the data directory's, whichever backend is in use)."""
         return self.data_dir / DB_NAME
 
     @property
+    def _conn(self) -> sqlite3.Connection:
+        """The SQLite connection (for tests that look at the file's settings)."""
+        assert isinstance(self._db, SqliteDatabase)
+        return self._db.conn
+
+    @property
     def readonly(self) -> bool:
-        return self._lock is None
+        return self._db.readonly
 
     def close(self) -> None:
         with self._mutex:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        if self.erasure_pending:
-            with contextlib.suppress(sqlite3.Error):
-                self.checkpoint(wait=0.5)
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+            if self.erasure_pending and not self.readonly:
+                with contextlib.suppress(StoreError, sqlite3.Error):
+                    self.checkpoint(wait=0.5)
+            self._db.close()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
     def __enter__(self) -> Store:
         return self
@@ -192,14 +216,9 @@ class Store:
         self.close()
 
     # -- reading ---------------------------------------------------------------------------
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> _Fetched:
-        """A read, under the store's mutex: one thread at a time uses the connection."""
-        with self._mutex:
-            return _Fetched(self._conn.execute(sql, params).fetchall())
-
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = self._execute(sql, params).fetchone()
-        return None if row is None else row[0]
+        rows = self._db.query(sql, params)
+        return rows[0][0] if rows else None
 
     def generation(self) -> int:
         return int(self._scalar("SELECT value FROM meta WHERE key = 'generation'"))
@@ -211,32 +230,38 @@ class Store:
     def embedding_count(self) -> int:
         return int(self._scalar("SELECT count(*) FROM embeddings"))
 
-    def persons(self) -> list[Person]:
-        rows = self._execute(
+    def _person_sql(self, where: str) -> str:
+        return (
             "SELECT p.id, p.name, p.note, p.created_at, p.updated_at, count(e.id),"
-            " group_concat(e.pose) FROM persons p LEFT JOIN embeddings e ON e.person_id = p.id"
-            " GROUP BY p.id ORDER BY p.created_at, p.id"
-        ).fetchall()
+            f" {self._db.agg('e.pose')} FROM persons p"
+            f" LEFT JOIN embeddings e ON e.person_id = p.id {where}"
+            " GROUP BY p.id, p.name, p.note, p.created_at, p.updated_at"
+        )
+
+    def persons(self) -> list[Person]:
+        rows = self._db.query(self._person_sql("") + " ORDER BY p.created_at, p.id")
         return [_person(row) for row in rows]
 
     def person(self, person_id: str) -> Person:
-        row = self._execute(
-            "SELECT p.id, p.name, p.note, p.created_at, p.updated_at, count(e.id),"
-            " group_concat(e.pose) FROM persons p LEFT JOIN embeddings e ON e.person_id = p.id"
-            " WHERE p.id = ? GROUP BY p.id",
-            (person_id,),
-        ).fetchone()
-        if row is None:
+        rows = self._db.query(self._person_sql("WHERE p.id = ?"), (person_id,))
+        if not rows:
             raise UnknownPersonError(person_id)
-        return _person(row)
+        return _person(rows[0])
+
+    def find_person(self, person_id: str) -> Person | None:
+        """The person, or None when there is no such person (any more)."""
+        try:
+            return self.person(person_id)
+        except UnknownPersonError:
+            return None
 
     def embeddings_of(self, person_id: str) -> list[EmbeddingInfo]:
         self.person(person_id)
-        rows = self._execute(
+        rows = self._db.query(
             "SELECT id, pose, quality, source, created_at FROM embeddings WHERE person_id = ?"
             " ORDER BY id",
             (person_id,),
-        ).fetchall()
+        )
         return [EmbeddingInfo(*row) for row in rows]
 
     def vectors(self, person_id: str | None = None) -> Vectors:
@@ -246,24 +271,8 @@ class Store:
         if person_id is not None:
             sql += " WHERE person_id = ?"
             params = (person_id,)
-        rows = self._execute(sql + " ORDER BY id", params).fetchall()
-        dim = self.dim() or 0
-        bad = [r[0] for r in rows if len(r[2]) != dim * 4]
-        if bad:
-            raise StoreError(f"{self.path}: embedding rows {bad[:5]} have the wrong size (damaged)")
-        blob = b"".join(r[2] for r in rows)
-        matrix = np.frombuffer(blob, "<f4").astype(np.float32).reshape(len(rows), dim)
-        # SQLite keeps no checksums of row data: a damaged vector would be returned as is.
-        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
-        damaged = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-3))
-        if damaged.size:
-            ids = [rows[i][0] for i in damaged[:5].tolist()]
-            raise StoreError(f"{self.path}: embedding rows {ids} are damaged (not unit vectors)")
-        return Vectors(
-            ids=np.array([r[0] for r in rows], np.int64),
-            person_ids=[r[1] for r in rows],
-            matrix=matrix,
-        )
+        rows = self._db.query(sql + " ORDER BY id", params)
+        return read_vectors(rows, self.dim() or 0, self.where)
 
     def dim(self) -> int | None:
         value = self.meta("embedding_dim")
@@ -278,41 +287,30 @@ class Store:
         return None if value is None else bytes(value)
 
     def audit(self, limit: int = 100) -> list[AuditEntry]:
-        rows = self._execute(
+        rows = self._db.query(
             "SELECT id, at, actor, action, person_id, detail FROM audit ORDER BY id DESC LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
         return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     def integrity_check(self) -> str:
-        return str(self._scalar("PRAGMA integrity_check"))
+        return self._db.integrity_check()
+
+    def follow(self, stop: threading.Event) -> Iterator[GalleryChange | None]:
+        """Gallery changes other processes commit, until `stop` (see `Database.follow`)."""
+        return self._db.follow(stop)
 
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        if self.readonly:
-            raise StoreError("this store was opened read-only")
-        with self._mutex:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise StoreError(f"refused by the database: {exc}") from None
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            if self.erasure_pending:
-                self.checkpoint(wait=0.0)
-
-    @contextlib.contextmanager
     def _rows(self) -> Iterator[Rows]:
         """A transaction, and the row writes it is made of."""
-        with self._transaction() as conn:
-            yield Rows(conn, self._clock)
+        with self._mutex:
+            with self._db.transaction() as tx:
+                rows = Rows(tx, self._clock)
+                yield rows
+                rows.finish()
+            if self.erasure_pending:
+                self.checkpoint(wait=0.0)
 
     def create_person(
         self,
@@ -326,18 +324,25 @@ class Store:
         person_id: str | None = None,
     ) -> tuple[Person, list[int]]:
         """A new person with all its embeddings and thumbnail, in one transaction."""
-        name = valid_name(name)
-        if not embeddings:
-            raise StoreError("a person needs at least one embedding")
-        with self._rows() as rows:
-            pid = person_id or rows.new_person_id()
-            now = self._clock()
-            rows.insert_person(pid, name, note, now, now)
-            ids = rows.insert_embeddings(pid, embeddings, pack)
-            rows.set_thumbnail(pid, thumbnail)
-            sources = sorted({e.source for e in embeddings})
-            rows.audit(actor, "enrol", pid, embeddings=len(ids), sources=sources)
+        with self.enrolling() as enrolment:
+            pid, ids = enrolment.create_person(
+                name,
+                embeddings,
+                pack=pack,
+                actor=actor,
+                thumbnail=thumbnail,
+                note=note,
+                person_id=person_id,
+            )
         return self.person(pid), ids
+
+    @contextlib.contextmanager
+    def enrolling(self) -> Iterator[Enrolment]:
+        """A transaction holding the gallery's writer lock: what it reads of the gallery
+        (`Enrolment.vectors_after`, `existing`) stays true until it commits its new person."""
+        with self._rows() as rows:
+            rows.tx.exclusive()
+            yield Enrolment(rows, self.dim(), self.where)
 
     def add_embeddings(
         self,
@@ -351,10 +356,11 @@ class Store:
         if not embeddings:
             raise StoreError("no embeddings to add")
         with self._rows() as rows:
-            self.person(person_id)
+            if not rows.person_exists(person_id):
+                raise UnknownPersonError(person_id)
             ids = rows.insert_embeddings(person_id, embeddings, pack)
             rows.set_thumbnail(person_id, thumbnail)
-            rows.conn.execute(
+            rows.tx.run(
                 "UPDATE persons SET updated_at = ? WHERE id = ?", (self._clock(), person_id)
             )
             rows.audit(actor, "add_embeddings", person_id, embeddings=len(ids))
@@ -363,68 +369,66 @@ class Store:
     def rename(self, person_id: str, name: str, *, actor: str) -> Person:
         name = valid_name(name)
         with self._rows() as rows:
-            self.person(person_id)
-            rows.conn.execute(
+            if not rows.person_exists(person_id):
+                raise UnknownPersonError(person_id)
+            rows.tx.run(
                 "UPDATE persons SET name = ?, updated_at = ? WHERE id = ?",
                 (name, self._clock(), person_id),
             )
+            rows.touched(person_id)
             rows.audit(actor, "rename", person_id)
         return self.person(person_id)
 
     def delete_person(self, person_id: str, *, actor: str) -> list[int]:
-        """Erase a person: rows, thumbnail and (after a WAL checkpoint) their bytes on disk.
+        """Erase a person: rows, thumbnail, history and (`reclaim`) their bytes on disk.
 
         Returns the removed embedding row ids (for the index)."""
-        with self._rows() as rows:
-            self.person(person_id)
-            ids = [
-                int(r[0])
-                for r in rows.conn.execute(
-                    "SELECT id FROM embeddings WHERE person_id = ?", (person_id,)
-                ).fetchall()
-            ]
-            rows.conn.execute("DELETE FROM persons WHERE id = ?", (person_id,))
-            # The event history names them too: erased with them.
-            rows.conn.execute("DELETE FROM events WHERE person_id = ?", (person_id,))
-            rows.bump_generation()
-            rows.audit(actor, "delete", person_id, embeddings=len(ids))
-        self.erasure_pending = True
-        if not self.checkpoint():
-            raise ErasurePendingError(person_id, ids)
+        with self._mutex:
+            with self._rows() as rows:
+                if not rows.person_exists(person_id):
+                    raise UnknownPersonError(person_id)
+                ids = [
+                    int(r[0])
+                    for r in rows.tx.query(
+                        "SELECT id FROM embeddings WHERE person_id = ?", (person_id,)
+                    )
+                ]
+                rows.tx.run("DELETE FROM persons WHERE id = ?", (person_id,))
+                # The event history names them too: erased with them.
+                rows.tx.run("DELETE FROM events WHERE person_id = ?", (person_id,))
+                rows.touched(person_id)
+                rows.audit(actor, "delete", person_id, embeddings=len(ids))
+            self.erasure_pending = True
+            if not self.checkpoint():
+                raise ErasurePendingError(person_id, ids)
         return ids
 
     # -- event history ---------------------------------------------------------------------
     def log_events(
         self, rows: Sequence[LoggedEvent], *, retention_seconds: float, max_rows: int
     ) -> None:
-        """Append events to the history and prune it to the retention limits. History is
-        not biometric data: written without waiting for fsync (synchronous=NORMAL)."""
+        """Append events to the history and prune it: events older than the retention (of
+        every gate), and beyond the newest `max_rows` of each gate written here. History is
+        not biometric data: committed without waiting for the disk."""
         if not rows:
             return
-        with self._mutex:
-            self._log_events_locked(rows, retention_seconds, max_rows)
-
-    def _log_events_locked(
-        self, rows: Sequence[LoggedEvent], retention_seconds: float, max_rows: int
-    ) -> None:
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            with self._transaction() as conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO events (seq, at, type, person_id, data)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(r.seq, r.at, r.type, r.person_id, r.data) for r in rows],
+        with self._mutex, self._db.transaction(durable=False) as tx:
+            tx.run_many(
+                "INSERT INTO events (gate, seq, at, type, person_id, data)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gate, seq) DO UPDATE SET"
+                " at = excluded.at, type = excluded.type, person_id = excluded.person_id,"
+                " data = excluded.data",
+                [(r.gate, r.seq, r.at, r.type, r.person_id, r.data) for r in rows],
+            )
+            tx.run("DELETE FROM events WHERE at < ?", (self._clock() - retention_seconds,))
+            for gate in sorted({r.gate for r in rows}):
+                tx.run(
+                    "DELETE FROM events WHERE gate = ? AND seq <= (SELECT seq FROM events"
+                    " WHERE gate = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (gate, gate, max_rows),
                 )
-                conn.execute(
-                    "DELETE FROM events WHERE at < ?", (self._clock() - retention_seconds,)
-                )
-                conn.execute(
-                    "DELETE FROM events WHERE seq <= (SELECT seq FROM events ORDER BY seq DESC"
-                    " LIMIT 1 OFFSET ?)",
-                    (max_rows,),
-                )
-        finally:
-            self._conn.execute("PRAGMA synchronous = FULL")
+            if self.erasure_pending:
+                self.checkpoint(wait=0.0)
 
     def events(
         self,
@@ -434,12 +438,29 @@ class Store:
         before: int | None = None,
         types: Sequence[str] = (),
         person_id: str | None = None,
+        gate: str | None = None,
+        until: float | None = None,
     ) -> list[LoggedEvent]:
-        """Up to `limit` events: those after `since`, oldest first; or with `before`, those
-        before it, newest first (paging back through the history). `types` (any of these
-        type names) and `person_id` narrow them. Every value is a bound parameter."""
-        where = ["seq < ?" if before is not None else "seq > ?"]
-        params: list[Any] = [before if before is not None else since]
+        """Up to `limit` events. With `gate`, that gate's: those after `since`, oldest first;
+        or with `before`, those before it, newest first (paging back). Without `gate`, every
+        gate's, newest first (by time), older than `until` when given: `since` and `before`
+        are one gate's sequence numbers and need it. `types` (any of these type names) and
+        `person_id` narrow them. Every value is a bound parameter."""
+        where: list[str] = []
+        params: list[Any] = []
+        if gate is not None:
+            where += ["gate = ?", "seq < ?" if before is not None else "seq > ?"]
+            params += [gate, before if before is not None else since]
+            order = "seq DESC" if before is not None else "seq ASC"
+        else:
+            if since or before is not None:
+                raise ValueError(
+                    "`since` and `before` are one gate's sequence numbers: name the gate"
+                )
+            if until is not None:
+                where.append("at < ?")
+                params.append(until)
+            order = "at DESC, gate DESC, seq DESC"
         kinds = list(dict.fromkeys(types))
         if kinds:
             where.append(f"type IN ({', '.join('?' * len(kinds))})")
@@ -447,49 +468,55 @@ class Store:
         if person_id is not None:
             where.append("person_id = ?")
             params.append(person_id)
-        order = "DESC" if before is not None else "ASC"
-        rows = self._execute(
-            "SELECT seq, at, type, person_id, data FROM events WHERE "
-            + " AND ".join(where)
-            + f" ORDER BY seq {order} LIMIT ?",
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._db.query(
+            f"SELECT seq, at, type, person_id, data, gate FROM events {clause}"
+            f"ORDER BY {order} LIMIT ?",
             (*params, limit),
-        ).fetchall()
+        )
         return [LoggedEvent(*row) for row in rows]
 
-    def last_seen(self, person_id: str) -> float | None:
-        """When the person was last recognised (unix time of the latest `person_recognized`
-        in the history), or None: never, or no longer in the history."""
-        value = self._scalar(
-            "SELECT max(at) FROM events WHERE person_id = ? AND type = 'person_recognized'",
+    def gates(self) -> list[GateActivity]:
+        """Every gate in the history: its events and when it wrote the latest."""
+        rows = self._db.query(
+            "SELECT gate, count(*), max(at) FROM events GROUP BY gate ORDER BY gate"
+        )
+        return [GateActivity(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+
+    def last_seen(self, person_id: str) -> LastSeen | None:
+        """When and at which gate the person was last recognised (the latest
+        `person_recognized` in the history), or None: never, or no longer in the history."""
+        rows = self._db.query(
+            "SELECT at, gate FROM events WHERE person_id = ? AND type = 'person_recognized'"
+            " ORDER BY at DESC LIMIT 1",
             (person_id,),
         )
-        return None if value is None else float(value)
+        return LastSeen(float(rows[0][0]), str(rows[0][1])) if rows else None
 
-    def last_event_seq(self) -> int:
-        return int(self._scalar("SELECT coalesce(max(seq), 0) FROM events"))
+    def last_event_seq(self, gate: str | None = None) -> int:
+        """The gate's latest sequence number in the history (None: of any gate)."""
+        if gate is None:
+            return int(self._scalar("SELECT coalesce(max(seq), 0) FROM events"))
+        return int(self._scalar("SELECT coalesce(max(seq), 0) FROM events WHERE gate = ?", (gate,)))
 
     def checkpoint(self, wait: float = CHECKPOINT_WAIT_S) -> bool:
-        """Copy the WAL into the database and truncate it, waiting at most `wait` seconds for
-        readers; False if a reader still holds old pages (retried at the next write/close)."""
+        """Make an erasure's bytes leave the files, waiting at most `wait` seconds for
+        readers; False if one still holds old data (retried at the next write/close)."""
         with self._mutex:
-            done = store_files.truncate_wal(self._conn, wait)
+            done = self._db.reclaim(wait)
             if done:
                 self.erasure_pending = False
             return done
 
     def prune_audit(self, *, retention_seconds: float, max_rows: int) -> int:
         """Drop audit entries older than the retention or beyond the newest `max_rows`."""
-        with self._transaction() as conn:
-            cur = conn.execute(
-                "DELETE FROM audit WHERE at < ?", (self._clock() - retention_seconds,)
-            )
-            removed = cur.rowcount
-            cur = conn.execute(
+        with self._mutex, self._db.transaction() as tx:
+            removed = tx.run("DELETE FROM audit WHERE at < ?", (self._clock() - retention_seconds,))
+            return removed + tx.run(
                 "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC"
                 " LIMIT 1 OFFSET ?)",
                 (max_rows,),
             )
-            return removed + cur.rowcount
 
     def record(self, actor: str, action: str, person_id: str | None = None, **detail: Any) -> None:
         """An audit entry on its own (exports, imports, refused attempts)."""

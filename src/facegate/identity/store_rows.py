@@ -2,16 +2,17 @@
 
 `Rows` is what the store's own changes (`Store.create_person`, `add_embeddings`, ...) and a
 batch import (`BatchWriter`, store_batch.py) have in common: inserting a person, their
-embeddings (checked: finite, unit length, the data directory's model pack and dimension) and
-thumbnail, bumping the generation the index follows, and writing an audit entry. It never
-begins, commits or rolls back: `Store` opens the transaction and hands a `Rows` over it.
+embeddings (checked: finite, unit length, the store's model pack and dimension) and
+thumbnail, noting which persons changed, and writing an audit entry. It never begins, commits
+or rolls back: `Store` opens the transaction, hands a `Rows` over it and, before committing,
+calls `finish`: one generation step for the whole transaction, announced to the other gates.
+Writing embeddings takes the gallery's writer lock (`Tx.exclusive`) first.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,19 +20,21 @@ import numpy as np
 import numpy.typing as npt
 
 from facegate.identity.names import InvalidNameError, clean_name
-from facegate.identity.store_types import Clock, NewEmbedding, StoreError
+from facegate.identity.store_db import Tx
+from facegate.identity.store_types import Clock, GalleryChange, NewEmbedding, StoreError, Vectors
 
 
 class Rows:
-    """Writes on `conn`, inside its open transaction; timestamps from `clock`."""
+    """Writes in the open transaction `tx`; timestamps from `clock`."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
-        self.conn = conn
+    def __init__(self, tx: Tx, clock: Clock) -> None:
+        self.tx = tx
         self.clock = clock
+        self.changed: set[str] = set()  # persons whose gallery entry this transaction changed
+        self.generation: int | None = None  # after `finish`, if anything changed
 
     def person_exists(self, person_id: str) -> bool:
-        row = self.conn.execute("SELECT 1 FROM persons WHERE id = ?", (person_id,)).fetchone()
-        return row is not None
+        return bool(self.tx.query("SELECT 1 FROM persons WHERE id = ?", (person_id,)))
 
     def new_person_id(self) -> str:
         while True:
@@ -43,70 +46,87 @@ class Rows:
         self, person_id: str, name: str, note: str, created_at: float, updated_at: float
     ) -> None:
         """A person row (`name` already through `valid_name`)."""
-        self.conn.execute(
+        self.tx.run(
             "INSERT INTO persons (id, name, note, created_at, updated_at) VALUES (?,?,?,?,?)",
             (person_id, name, note, created_at, updated_at),
         )
+        self.changed.add(person_id)
 
     def insert_embeddings(
         self, person_id: str, items: Sequence[NewEmbedding], pack: str
     ) -> list[int]:
-        """The embeddings' row ids; the first ones fix the data directory's model pack and
-        dimension, which later ones must match. Bumps the generation."""
+        """The embeddings' row ids; the first ones fix the store's model pack and dimension,
+        which later ones must match."""
         if not items:
             return []
+        self.tx.exclusive()
         dim = int(items[0].vector.shape[-1])
         self._check_model(pack, dim)
         ids: list[int] = []
         now = self.clock()
         for item in items:
             vector = checked_vector(item.vector, dim)
-            cur = self.conn.execute(
+            row = self.tx.query(
                 "INSERT INTO embeddings (person_id, vector, pose, quality, source, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (person_id, vector.tobytes(), item.pose, float(item.quality), item.source, now),
             )
-            assert cur.lastrowid is not None
-            ids.append(int(cur.lastrowid))
-        self.bump_generation()
+            ids.append(int(row[0][0]))
+        self.changed.add(person_id)
         return ids
 
     def set_thumbnail(self, person_id: str, jpeg: bytes | None) -> None:
         """Replace the person's thumbnail (nothing when `jpeg` is None)."""
         if jpeg is not None:
-            self.conn.execute(
-                "INSERT OR REPLACE INTO thumbnails (person_id, jpeg, updated_at) VALUES (?, ?, ?)",
+            self.tx.run(
+                "INSERT INTO thumbnails (person_id, jpeg, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (person_id) DO UPDATE SET jpeg = excluded.jpeg,"
+                " updated_at = excluded.updated_at",
                 (person_id, jpeg, self.clock()),
             )
 
-    def bump_generation(self) -> None:
-        """The embeddings changed: an index built before is out of date."""
-        self.conn.execute(
-            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+    def touched(self, person_id: str) -> None:
+        """The person's gallery entry (name, embeddings, existence) changed."""
+        self.tx.exclusive()
+        self.changed.add(person_id)
+
+    def finish(self) -> None:
+        """Before commit: one generation step for everything this transaction changed (an
+        index built before is out of date), announced to the other gates."""
+        if not self.changed:
+            return
+        self.tx.exclusive()
+        row = self.tx.query(
+            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+            " WHERE key = 'generation' RETURNING value"
         )
+        self.generation = int(row[0][0])
+        self.tx.notify(GalleryChange(self.generation, sorted(self.changed)))
 
     def audit(self, actor: str, action: str, person_id: str | None, **detail: Any) -> None:
         """Who did what to which person id, and when: never vectors, images or names."""
-        self.conn.execute(
+        self.tx.run(
             "INSERT INTO audit (at, actor, action, person_id, detail) VALUES (?, ?, ?, ?, ?)",
             (self.clock(), actor, action, person_id, json.dumps(detail, sort_keys=True)),
         )
 
     def _meta(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self.tx.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def _check_model(self, pack: str, dim: int) -> None:
         stored_pack, stored = self._meta("model_pack"), self._meta("embedding_dim")
         stored_dim = None if stored is None else int(stored)
         if stored_pack is None:
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model_pack', ?)", (pack,))
-            self.conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('embedding_dim', ?)", (str(dim),)
-            )
+            for key, value in (("model_pack", pack), ("embedding_dim", str(dim))):
+                self.tx.run(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
         elif stored_pack != pack or stored_dim != dim:
             raise StoreError(
-                f"this data directory holds {stored_dim}-d embeddings of model pack"
+                f"this store holds {stored_dim}-d embeddings of model pack"
                 f" {stored_pack}; pack {pack} ({dim}-d) cannot be mixed with them. Switch"
                 f" models.pack back to {stored_pack}, or use another --data directory"
             )
@@ -131,3 +151,23 @@ def checked_vector(vector: npt.NDArray[np.float32], dim: int) -> npt.NDArray[np.
     if abs(norm - 1.0) > 1e-3:
         raise StoreError(f"embedding is not L2-normalised (norm {norm:.4f})")
     return v
+
+
+def read_vectors(rows: Sequence[tuple[Any, ...]], dim: int, where: str) -> Vectors:
+    """`(id, person_id, vector bytes)` rows as Vectors, refusing damaged ones: neither SQLite
+    nor PostgreSQL checksums row data, so a damaged vector would be returned as is."""
+    bad = [r[0] for r in rows if len(r[2]) != dim * 4]
+    if bad:
+        raise StoreError(f"{where}: embedding rows {bad[:5]} have the wrong size (damaged)")
+    blob = b"".join(bytes(r[2]) for r in rows)
+    matrix = np.frombuffer(blob, "<f4").astype(np.float32).reshape(len(rows), dim)
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
+    damaged = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-3))
+    if damaged.size:
+        ids = [rows[i][0] for i in damaged[:5].tolist()]
+        raise StoreError(f"{where}: embedding rows {ids} are damaged (not unit vectors)")
+    return Vectors(
+        ids=np.array([r[0] for r in rows], np.int64),
+        person_ids=[r[1] for r in rows],
+        matrix=matrix,
+    )

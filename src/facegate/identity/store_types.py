@@ -84,11 +84,46 @@ class AuditEntry(msgspec.Struct, frozen=True):
 
 
 class LoggedEvent(msgspec.Struct, frozen=True):
-    seq: int
+    seq: int  # the gate's own sequence number
     at: float  # unix time
     type: str
     person_id: str | None
     data: str  # the event's data as JSON
+    gate: str = ""  # the gate that saw it (`[gate] id`)
+
+
+class GateActivity(msgspec.Struct, frozen=True):
+    """A gate as the shared history knows it."""
+
+    gate: str
+    events: int
+    last_at: float
+
+
+class LastSeen(msgspec.Struct, frozen=True):
+    """When and where a person was last recognised."""
+
+    at: float
+    gate: str
+
+
+class DuplicatePersonError(StoreError):
+    """A new person was refused: they match someone already stored (found in the same
+    transaction as the insert would have been, so that two gates cannot both add them)."""
+
+    def __init__(self, matches: list[tuple[str, str, float]]) -> None:
+        pid, name, similarity = matches[0]
+        super().__init__(f"already registered as {name} ({pid}) at similarity {similarity:.2f}")
+        self.matches = matches  # (person_id, name, similarity), best first
+
+
+class GalleryChange(msgspec.Struct, frozen=True):
+    """A committed change of the gallery (persons, names, embeddings), as another gate hears
+    it: the store's generation after it, and the persons it touched (None: too many to name;
+    reload everything)."""
+
+    generation: int
+    persons: list[str] | None
 
 
 class Vectors(msgspec.Struct, frozen=True):

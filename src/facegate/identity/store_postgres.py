@@ -1,0 +1,284 @@
+"""The PostgreSQL backend of the store: one database that several gates share.
+
+`[store] url = "postgresql://user@host/db"` (or FACEGATE_STORE_URL; the password is never
+logged: messages name `redact(url)`). Each gate keeps its own FAISS index, built from here at
+start and kept current by `follow` (CompreFace's design: embeddings in PostgreSQL, a cache per
+node, `LISTEN/NOTIFY` between them).
+
+- Connections come from a small `psycopg_pool` pool; a connection lost (a restarted server)
+  is replaced on the next use, and a transaction that met it fails cleanly (nothing written).
+- The schema has its own versions (`store_schema.PG_MIGRATIONS`) in `facegate_schema`;
+  gates starting together migrate one at a time (an advisory lock). A database holding other
+  tables but no `facegate_schema` is another program's: refused untouched.
+- Every transaction that writes persons or embeddings takes one advisory lock
+  (`exclusive`), so across all gates such writes happen one at a time: the duplicate check of a
+  new person and its insert see the same gallery, and embedding ids commit in order.
+- A committed change is announced with `pg_notify` on CHANNEL (sent at commit, in commit
+  order): the store's generation after it and the persons it touched.
+- Erasure: PostgreSQL keeps a deleted row's bytes in its table files until VACUUM reuses the
+  space, and in the write-ahead log until the segment is recycled; `reclaim` runs a targeted
+  `VACUUM (FULL)` of the tables that held them, which writes the tables anew without the
+  deleted rows and deletes the old files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import psycopg
+import psycopg_pool
+
+from facegate.identity import store_schema
+from facegate.identity.store_db import Row
+from facegate.identity.store_types import GalleryChange, StoreError
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "facegate_gallery"
+GALLERY_LOCK = 0x46474741  # "FGGA": writers of persons and embeddings, one at a time
+MIGRATE_LOCK = 0x4647534D  # "FGSM": one gate migrates the schema at a time
+MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes: past it, "reload everything"
+CONNECT_SECONDS = 10.0
+# Tables whose rows hold a person's data; VACUUM (FULL) after an erasure.
+ERASED_TABLES = ("persons", "embeddings", "thumbnails", "events")
+PING_SECONDS = 5.0  # a quiet listening connection is checked this often
+WAIT_SECONDS = 0.25  # how long one wait for notifications lasts (the stop is seen between)
+RECONNECT_MAX_SECONDS = 10.0
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    query = urllib.parse.urlencode(
+        [
+            (k, "***" if k == "password" else v)
+            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    )
+    return urllib.parse.urlunsplit(
+        (parts.scheme, f"{user}:***@{netloc}", parts.path, query, parts.fragment)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _pg(sql: str) -> str:
+    """The store's `?` placeholders as psycopg's."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresTx:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self._exclusive = False
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.conn.execute(_pg(sql), tuple(params)).fetchall()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn.execute(_pg(sql), tuple(params)).rowcount
+
+    def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(_pg(sql), [tuple(r) for r in rows])
+
+    def exclusive(self) -> None:
+        if not self._exclusive:
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (GALLERY_LOCK,))
+            self._exclusive = True
+
+    def notify(self, change: GalleryChange) -> None:
+        payload = msgspec.json.encode(change).decode()
+        if len(payload) > MAX_PAYLOAD:
+            payload = msgspec.json.encode(GalleryChange(change.generation, None)).decode()
+        self.conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+def _unreachable(where: str, exc: BaseException) -> StoreError:
+    return StoreError(f"the shared store {where} is unreachable: {exc}")
+
+
+class PostgresDatabase:
+    kind = "postgresql"
+
+    def __init__(self, url: str, pool: psycopg_pool.ConnectionPool[Any], *, readonly: bool):
+        self._url = url
+        self.where = redact(url)
+        self.readonly = readonly
+        self.pool = pool
+
+    @classmethod
+    def open(cls, url: str, *, readonly: bool) -> tuple[PostgresDatabase, int]:
+        """The database at `url` and its schema version (0: new); the caller migrates."""
+        where = redact(url)
+        pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_SECONDS)},
+            open=False,
+            check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=CONNECT_SECONDS,
+            name="facegate-store",
+        )
+        try:
+            pool.open(wait=True, timeout=CONNECT_SECONDS)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            pool.close()
+            raise StoreError(
+                f"cannot connect to the shared store {where}: {exc}; check [store] url"
+                " (or FACEGATE_STORE_URL) and that PostgreSQL is running"
+            ) from None
+        db = cls(url, pool, readonly=readonly)
+        try:
+            version = db._schema_version()
+            if version < store_schema.PG_SCHEMA_VERSION and readonly:
+                raise StoreError(
+                    f"{where} has schema version {version}; open it once for writing (any"
+                    " writing command, or `facegate serve`) to migrate it"
+                )
+        except BaseException:
+            pool.close()
+            raise
+        return db, version
+
+    def _schema_version(self) -> int:
+        rows = self.query(
+            "SELECT to_regclass('facegate_schema') IS NOT NULL,"
+            " (SELECT count(*) FROM pg_tables WHERE schemaname = current_schema())"
+        )
+        ours, tables = bool(rows[0][0]), int(rows[0][1])
+        if not ours:
+            if tables:
+                raise StoreError(
+                    f"{self.where} holds {tables} tables of another program (no facegate_schema);"
+                    " refusing to use or change it. Give facegate a database of its own."
+                )
+            return 0
+        version = int(self.query("SELECT version FROM facegate_schema")[0][0])
+        if version > store_schema.PG_SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.where} has schema version {version}, newer than this facegate knows"
+                f" ({store_schema.PG_SCHEMA_VERSION}); upgrade facegate"
+            )
+        return version
+
+    def migrate(self, version: int) -> None:
+        """Forward to the newest schema, one version per transaction, one gate at a time."""
+        for target in range(version + 1, store_schema.PG_SCHEMA_VERSION + 1):
+            with self.transaction() as tx:
+                tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                exists = tx.query("SELECT to_regclass('facegate_schema') IS NOT NULL")[0][0]
+                if exists and int(tx.query("SELECT version FROM facegate_schema")[0][0]) >= target:
+                    continue  # another gate migrated while this one waited
+                for statement in store_schema.statements(store_schema.PG_MIGRATIONS[target]):
+                    tx.conn.execute(statement.encode())
+                tx.run("UPDATE facegate_schema SET version = ?", (target,))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            with self.pool.connection() as conn:
+                rows: list[Row] = conn.execute(_pg(sql), tuple(params)).fetchall()
+                return rows
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unreachable(self.where, exc) from None
+
+    @contextlib.contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[PostgresTx]:
+        if self.readonly:
+            raise StoreError("this store was opened read-only")
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                yield PostgresTx(conn)
+        except psycopg.IntegrityError as exc:
+            raise StoreError(f"refused by the database: {exc}") from None
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unreachable(self.where, exc) from None
+
+    def agg(self, column: str) -> str:
+        return f"string_agg({column}, ',')"
+
+    def reclaim(self, wait: float) -> bool:
+        """VACUUM (FULL) the tables a person's data lived in, waiting at most `wait` seconds
+        for the other gates' readers to let go of them."""
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(f"SET lock_timeout = {max(1, int(wait * 1000))}")
+                try:
+                    conn.execute(f"VACUUM (FULL) {', '.join(ERASED_TABLES)}")
+                finally:
+                    conn.execute("RESET lock_timeout")
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("VACUUM after an erasure failed (retried later): %s", exc)
+            return False
+
+    def integrity_check(self) -> str:
+        bad = self.query(
+            "SELECT count(*) FROM embeddings WHERE octet_length(vector) <>"
+            " 4 * CAST((SELECT value FROM meta WHERE key = 'embedding_dim') AS integer)"
+        )[0][0]
+        return "ok" if not bad else f"{bad} embedding rows of the wrong size"
+
+    def follow(self, stop: threading.Event) -> Iterator[GalleryChange | None]:
+        """Listen on CHANNEL on a connection of its own; reconnect (backing off) when it is
+        lost, and yield None after every (re)connection: notifications sent while away are
+        lost, so the caller compares generations."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=int(CONNECT_SECONDS)
+                ) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    backoff = 0.5
+                    yield None
+                    checked = time.monotonic()
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=WAIT_SECONDS, stop_after=64):
+                            checked = time.monotonic()
+                            yield _change(note.payload)
+                        if time.monotonic() - checked > PING_SECONDS:
+                            conn.execute("SELECT 1")  # a dead connection raises here
+                            checked = time.monotonic()
+            except psycopg.Error as exc:
+                log.warning(
+                    "lost the shared store %s (%s); reconnecting in %.1f s",
+                    self.where,
+                    type(exc).__name__,
+                    backoff,
+                )
+                stop.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _change(payload: str) -> GalleryChange | None:
+    try:
+        return msgspec.json.decode(payload, type=GalleryChange)
+    except msgspec.DecodeError:
+        return None  # not ours: resync rather than trust it
