@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup browser broker test lint unit bench fuzz clean
+.PHONY: setup browser broker postgres test lint unit bench fuzz clean
 
-setup: $(VENV)/.installed browser broker
+setup: $(VENV)/.installed browser broker postgres
 	$(VENV)/bin/facegate models fetch
 
 # The panel's end-to-end test drives Debian's Chromium with Playwright (no browser download).
@@ -20,6 +20,18 @@ broker:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto; }
+
+# The PostgreSQL tests initdb a throw-away cluster of their own (tests/postgres.py) with Debian's
+# server binaries, on a free port. Installed without Debian's default `main` cluster (nothing
+# left running on 5432): postgresql-common first, told not to create it, then the server.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	  $$APT update -qq && $$APT install -y -qq postgresql-common && \
+	  $$SUDO sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' \
+	    /etc/postgresql-common/createcluster.conf && \
+	  $$APT install -y -qq postgresql; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

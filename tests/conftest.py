@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from postgres import pg_server, pg_url  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

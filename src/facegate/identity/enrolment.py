@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from facegate.identity.gallery import Gallery
-from facegate.identity.store import NewEmbedding, Source
+from facegate.identity.store import DuplicatePersonError, NewEmbedding, Source
 from facegate.vision.face import Face, FaceAnalyzer, ImageArray, NoSuchFaceError, photo_face
 from facegate.vision.images import thumbnail_jpeg
 from facegate.vision.quality import QualityValidator, quality_score
@@ -171,7 +171,18 @@ class PhotoEnroller:
         thumb = thumbnail_jpeg(best) if self.thumbnails else None
         if person_id is None:
             assert name is not None
-            person = self.gallery.create_person(name, items, actor=actor, thumbnail=thumb)
+            try:
+                # Checked again with the insert, under the gallery's writer lock: someone
+                # another gate enrolled since the photos were checked is found too.
+                person = self.gallery.create_person(
+                    name, items, actor=actor, thumbnail=thumb, refuse_similar=not force
+                )
+            except DuplicatePersonError as exc:
+                pid, other, similarity = exc.matches[0]
+                what = f"matches {other} ({pid}) at similarity {similarity:.2f}"
+                reason = f"already enrolled: {what}; {self.wording.force} to enrol anyway"
+                refusals += [Refusal(label, reason) for label, _ in accepted]
+                return EnrolResult(None, target_name, 0, warnings, refusals)
         else:
             person = self.gallery.add_embeddings(person_id, items, actor=actor, thumbnail=thumb)
         # Every forced check belongs to a stored photo (nothing is refused after forcing).

@@ -10,6 +10,20 @@ The same search answers duplicate checks: which persons are similar to a set of 
 
 The index is always rebuilt from the store (or loaded from a saved copy whose stamp matches
 the store's generation and row count); every change goes to the store first, then the index.
+
+Several gates may share one store (PostgreSQL). Each keeps its own index and follows the
+others (`apply`, fed by `GalleryFollower` in follower.py): a change names the persons it
+touched and the store's generation after it; the persons are re-read from the store and the
+index brought to match (idempotent: a gate's own changes come back to it harmlessly). A change
+that does not follow the generation the index reflects, or a reconnection, means something
+may have been missed: the index is rebuilt from the store when the generations differ. Only
+`apply` and a full load move the index's generation; this gate's own writes reach its index at
+once but wait for their notification to count as followed.
+
+A new person is checked for duplicates inside the transaction that inserts them, under the
+gallery's writer lock (`create_person(..., refuse_similar=True)`): against this index and the
+embeddings stored after the last id it is known to reflect fully (`watermark`), so two gates
+registering the same stranger at the same moment produce one person.
 """
 
 from __future__ import annotations
@@ -27,7 +41,16 @@ import numpy as np
 import numpy.typing as npt
 
 from facegate.identity.index import VectorIndex
-from facegate.identity.store import ErasurePendingError, NewEmbedding, Person, Store, StoreError
+from facegate.identity.store import (
+    DuplicatePersonError,
+    ErasurePendingError,
+    GalleryChange,
+    NewEmbedding,
+    Person,
+    Store,
+    StoreError,
+    Vectors,
+)
 from facegate.settings import Settings
 
 INDEX_NAME = "index.faiss"
@@ -90,13 +113,20 @@ class Gallery:
         self.pack = settings.models.pack
         self._index: VectorIndex | None = None
         self._person_of: dict[int, str] = {}
+        self._ids_of: dict[str, set[int]] = {}
         self._names: dict[str, str] = {}
+        # Every embedding with an id up to this is in the index (see the module docstring).
+        self.watermark = 0
+        # Counters of `apply`, for stats: changes followed person by person, full reloads.
+        self.followed = 0
+        self.reloads = 0
         self.loaded_from_disk = False
         self.start_seconds = 0.0
         # Bumped by every change of persons or embeddings (the engine re-identifies then).
         self.version = 0
         # The engine thread searches while the server's loop enrols and erases.
         self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()  # one `apply` at a time
 
     @classmethod
     def open(cls, store: Store, settings: Settings) -> Gallery:
@@ -125,7 +155,11 @@ class Gallery:
         generation = self.store.generation()
         dim = self.store.dim() or 512
         self._person_of = dict(zip(vectors.ids.tolist(), vectors.person_ids, strict=True))
+        self._ids_of = {}
+        for emb_id, pid in self._person_of.items():
+            self._ids_of.setdefault(pid, set()).add(emb_id)
         self._names = {p.id: p.name for p in self.store.persons()}
+        self.watermark = int(vectors.ids.max()) if len(vectors.ids) else 0
         cfg = self.settings.index
         index = VectorIndex.load(
             self.index_path, generation=generation, count=len(vectors.ids), dim=dim, settings=cfg
@@ -142,11 +176,78 @@ class Gallery:
 
     def refresh(self) -> bool:
         """Rebuild from the store if another process changed it; True if it did."""
+        return self.apply(None)
+
+    @property
+    def generation(self) -> int:
+        """The store generation the index reflects."""
+        return 0 if self._index is None else self._index.generation
+
+    def apply(self, change: GalleryChange | None) -> bool:
+        """Follow a change another process committed (None: it may have changed unseen);
+        True if the index changed or was rebuilt."""
+        with self._sync_lock:
+            current = self.generation
+            if change is not None and change.generation <= current:
+                return False  # already reflected (this gate's own change, or a reload)
+            if change is None or change.persons is None or change.generation != current + 1:
+                if change is None and self.store.generation() == current:
+                    return False
+                self._load()
+                self.reloads += 1
+                return True
+            for person_id in change.persons:
+                self._sync_person(person_id)
+            with self._lock:
+                assert self._index is not None
+                self._index.generation = change.generation
+            self.followed += 1
+            return True
+
+    def _sync_person(self, person_id: str) -> None:
+        """Make the index hold exactly what the store holds of this person now."""
+        person = self.store.find_person(person_id)
+        vectors = self.store.vectors(person_id) if person is not None else None
+        if person is None or vectors is None:
+            self._forget(person_id)
+            # A saved index holds their vectors too: erased with them.
+            with contextlib.suppress(FileNotFoundError):
+                self.index_path.unlink()
+            return
+        with self._lock:
+            stored = set(vectors.ids.tolist())
+            gone = self._ids_of.get(person_id, set()) - stored
+            self._remove_ids(gone)
+            self._add_ids(person, vectors)
+            if stored:
+                self.watermark = max(self.watermark, *stored)
+            self.version += 1
+
+    def _add_ids(self, person: Person, vectors: Vectors) -> None:
+        """Add the vectors the index lacks (the caller holds the lock)."""
         assert self._index is not None
-        if self.store.generation() == self._index.generation:
-            return False
-        self._load()
-        return True
+        new = np.array([i not in self._person_of for i in vectors.ids.tolist()], bool)
+        ids = vectors.ids[new]
+        if len(ids):
+            self._index.add(ids, vectors.matrix[new])
+        self._person_of.update(dict.fromkeys(ids.tolist(), person.id))
+        self._ids_of.setdefault(person.id, set()).update(ids.tolist())
+        self._names[person.id] = person.name
+
+    def _remove_ids(self, ids: set[int]) -> None:
+        assert self._index is not None
+        if ids:
+            self._index.remove(np.array(sorted(ids), np.int64))
+        for emb_id in ids:
+            person = self._person_of.pop(emb_id, None)
+            if person is not None:
+                self._ids_of.get(person, set()).discard(emb_id)
+
+    def _forget(self, person_id: str) -> None:
+        with self._lock:
+            self._remove_ids(set(self._ids_of.pop(person_id, set())))
+            self._names.pop(person_id, None)
+            self.version += 1
 
     def __len__(self) -> int:
         return 0 if self._index is None else len(self._index)
@@ -163,27 +264,35 @@ class Gallery:
         return len(self._names)
 
     # -- search ----------------------------------------------------------------------------
-    def _person_scores(self, probes: npt.NDArray[np.float32]) -> list[dict[str, float]]:
+    def _person_scores(
+        self, probes: npt.NDArray[np.float32], recent: Vectors | None = None
+    ) -> list[dict[str, float]]:
+        """Per probe, each near person's score; `recent`: stored embeddings the index may
+        not hold yet, compared one by one."""
         assert self._index is not None
         probes = np.ascontiguousarray(np.atleast_2d(probes), np.float32)
+        # Per probe: embedding id -> (person, similarity).
+        hits: list[dict[int, tuple[str | None, float]]] = [{} for _ in range(len(probes))]
         with self._lock:
-            if len(self._index) == 0:
-                return [{} for _ in range(len(probes))]
-            k = min(SEARCH_DEPTH, len(self._index))
-            scores, ids = self._index.search(probes, k)
-            hits = [
-                [
-                    (self._person_of.get(emb_id), score)
-                    for score, emb_id in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
-                    if emb_id >= 0 and math.isfinite(score)
-                ]
-                for row_scores, row_ids in zip(scores, ids, strict=True)
-            ]
+            if len(self._index):
+                k = min(SEARCH_DEPTH, len(self._index))
+                scores, ids = self._index.search(probes, k)
+                for row, row_scores, row_ids in zip(hits, scores, ids, strict=True):
+                    for score, emb_id in zip(row_scores.tolist(), row_ids.tolist(), strict=True):
+                        if emb_id >= 0 and math.isfinite(score):
+                            row[emb_id] = (self._person_of.get(emb_id), score)
+        if recent is not None and len(recent.ids):
+            similarity = probes @ recent.matrix.T
+            for row, values in zip(hits, similarity.tolist(), strict=True):
+                for emb_id, owner, score in zip(
+                    recent.ids.tolist(), recent.person_ids, values, strict=True
+                ):
+                    row[emb_id] = (owner, score)
         mode = self.settings.recognition.aggregate
         out: list[dict[str, float]] = []
         for row in hits:
             per_person: dict[str, list[float]] = {}
-            for person, score in row:
+            for person, score in row.values():
                 if person is not None:
                     per_person.setdefault(person, []).append(score)
             out.append({p: person_score(s, mode) for p, s in per_person.items()})
@@ -206,13 +315,14 @@ class Gallery:
         embeddings: npt.NDArray[np.float32],
         threshold: float | None = None,
         exclude: str | None = None,
+        recent: Vectors | None = None,
     ) -> list[Candidate]:
         """Persons whose score against these embeddings reaches the threshold (duplicate check).
 
         A person's score is the mean of their best half of per-embedding scores, so one odd
         capture neither hides nor creates a match."""
         limit = self.settings.recognition.duplicate_threshold if threshold is None else threshold
-        per_probe = self._person_scores(embeddings)
+        per_probe = self._person_scores(embeddings, recent)
         persons = {p for scores in per_probe for p in scores} - {exclude}
         result: dict[str, float] = {}
         for person in persons:
@@ -231,10 +341,28 @@ class Gallery:
         *,
         actor: str,
         thumbnail: bytes | None = None,
+        refuse_similar: bool = False,
     ) -> Person:
-        person, ids = self.store.create_person(
-            name, embeddings, pack=self.pack, actor=actor, thumbnail=thumbnail
-        )
+        """A new person. `refuse_similar`: unless they match someone already stored (the
+        duplicate check and the insert in one transaction under the gallery's writer lock:
+        whichever gate added that someone, even a moment ago), else DuplicatePersonError."""
+        matrix = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embeddings])
+        with self.store.enrolling() as enrolment:
+            if refuse_similar:
+                recent = enrolment.vectors_after(self.watermark)
+                matches = self.similar_persons(matrix, recent=recent)
+                names = enrolment.names(c.person_id for c in matches)
+                alive = [
+                    (c.person_id, names[c.person_id], c.similarity)
+                    for c in matches
+                    if c.person_id in names
+                ]
+                if alive:
+                    raise DuplicatePersonError(alive)
+            pid, ids = enrolment.create_person(
+                name, embeddings, pack=self.pack, actor=actor, thumbnail=thumbnail
+            )
+        person = self.store.person(pid)
         self._added(person, ids, embeddings)
         return person
 
@@ -254,19 +382,19 @@ class Gallery:
         return person
 
     def _added(self, person: Person, ids: list[int], embeddings: Sequence[NewEmbedding]) -> None:
-        assert self._index is not None
+        """This gate's own write, in its index at once (the generation moves when the
+        change comes back through `apply`, or at the next load)."""
         matrix = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embeddings])
+        vectors = Vectors(np.array(ids, np.int64), [person.id] * len(ids), matrix)
         with self._lock:
-            self._index.add(np.array(ids, np.int64), matrix)
-            self._index.generation = self.store.generation()
-            self._person_of.update(dict.fromkeys(ids, person.id))
-            self._names[person.id] = person.name
+            self._add_ids(person, vectors)
             self.version += 1
 
     def rename(self, person_id: str, name: str, *, actor: str) -> Person:
         person = self.store.rename(person_id, name, actor=actor)
         with self._lock:
-            self._names[person_id] = person.name
+            if person_id in self._names:
+                self._names[person_id] = person.name
             self.version += 1
         return person
 
@@ -282,12 +410,8 @@ class Gallery:
         with contextlib.suppress(FileNotFoundError):
             self.index_path.unlink()
         with self._lock:
-            self._index.remove(np.array(ids, np.int64))
-            self._index.generation = self.store.generation()
-            for emb_id in ids:
-                self._person_of.pop(emb_id, None)
-            self._names.pop(person_id, None)
-            self.version += 1
+            self._remove_ids(set(ids))
+        self._forget(person_id)
         if pending is not None:
             raise pending
         return len(ids)

@@ -35,9 +35,14 @@ class Enrolment:
         )
         return read_vectors(rows, self._dim or 0, self._where)
 
-    def existing(self, person_ids: Iterable[str]) -> set[str]:
-        """Which of these persons are still stored."""
-        return {p for p in dict.fromkeys(person_ids) if self._rows.person_exists(p)}
+    def names(self, person_ids: Iterable[str]) -> dict[str, str]:
+        """The names of those of these persons still stored."""
+        out: dict[str, str] = {}
+        for pid in dict.fromkeys(person_ids):
+            rows = self._rows.tx.query("SELECT name FROM persons WHERE id = ?", (pid,))
+            if rows:
+                out[pid] = str(rows[0][0])
+        return out
 
     def create_person(
         self,

@@ -28,7 +28,7 @@ from facegate.events import (
 )
 from facegate.identity.gallery import Gallery
 from facegate.identity.names import clean_name
-from facegate.identity.store import NewEmbedding, StoreError
+from facegate.identity.store import DuplicatePersonError, NewEmbedding, StoreError
 from facegate.live.focus import RegistrationFocus
 from facegate.live.registration import (
     Input,
@@ -194,30 +194,29 @@ class Registrar:
                     " nothing was stored"
                 ),
             )
-        import numpy as np
-
-        matrix = np.stack([c.embedding for c in job.captures]).astype(np.float32)
-        matches = self.gallery.similar_persons(matrix)
-        if matches:
-            top = matches[0]
-            return Stored(
-                False,
-                person_id=top.person_id,
-                name=top.name,
-                reason="already_registered",
-                message=f"Already registered as {top.name} ({top.person_id})",
-            )
         name = job.name or f"Person {self.gallery.person_count + 1}"
         items = [
             NewEmbedding(c.embedding, pose=c.pose, quality=c.quality, source="registration")
             for c in job.captures
         ]
         try:
+            # The duplicate check and the insert are one transaction under the gallery's
+            # writer lock: a person another gate stored a moment ago is found too.
             person = self.gallery.create_person(
                 name,
                 items,
                 actor=ACTOR,
                 thumbnail=self._thumbnail(),
+                refuse_similar=True,
+            )
+        except DuplicatePersonError as exc:
+            pid, known, _ = exc.matches[0]
+            return Stored(
+                False,
+                person_id=pid,
+                name=known,
+                reason="already_registered",
+                message=f"Already registered as {known} ({pid})",
             )
         except StoreError as exc:
             log.error("registration not stored: %s", exc)
