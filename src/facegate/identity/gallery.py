@@ -133,7 +133,7 @@ class Gallery:
         stored = store.model_pack()
         if stored is not None and stored != settings.models.pack:
             raise StoreError(
-                f"{store.data_dir} holds embeddings of model pack {stored}, but models.pack is"
+                f"{store.where} holds embeddings of model pack {stored}, but models.pack is"
                 f" {settings.models.pack}: faces from different models cannot be compared."
                 f" Set models.pack = {stored!r}, or use another --data directory"
             )
@@ -146,32 +146,34 @@ class Gallery:
         return self.store.data_dir / INDEX_NAME
 
     def _load(self) -> None:
-        with self._lock:
-            self._load_locked()
-
-    def _load_locked(self) -> None:
+        """Build the index from the store, then swap it in (searches go on meanwhile)."""
         t0 = time.perf_counter()
-        vectors = self.store.vectors()
+        # The generation first: a change committed while the rest is read is then either in
+        # what is read or not, and in both cases comes through `apply` again (idempotent).
         generation = self.store.generation()
+        vectors = self.store.vectors()
+        names = {p.id: p.name for p in self.store.persons()}
         dim = self.store.dim() or 512
-        self._person_of = dict(zip(vectors.ids.tolist(), vectors.person_ids, strict=True))
-        self._ids_of = {}
-        for emb_id, pid in self._person_of.items():
-            self._ids_of.setdefault(pid, set()).add(emb_id)
-        self._names = {p.id: p.name for p in self.store.persons()}
-        self.watermark = int(vectors.ids.max()) if len(vectors.ids) else 0
+        person_of = dict(zip(vectors.ids.tolist(), vectors.person_ids, strict=True))
+        ids_of: dict[str, set[int]] = {}
+        for emb_id, pid in person_of.items():
+            ids_of.setdefault(pid, set()).add(emb_id)
         cfg = self.settings.index
         index = VectorIndex.load(
             self.index_path, generation=generation, count=len(vectors.ids), dim=dim, settings=cfg
         )
-        self.loaded_from_disk = index is not None
+        loaded_from_disk = index is not None
         if index is None:
             matrix = vectors.matrix.reshape(len(vectors.ids), dim)
             index = VectorIndex.build(dim, vectors.ids, matrix, cfg, generation)
             if not self.store.readonly and index.build_seconds > cfg.save_after_build_seconds:
                 index.save(self.index_path)
-        self._index = index
-        self.version += 1
+        with self._lock:
+            self._index = index
+            self._person_of, self._ids_of, self._names = person_of, ids_of, names
+            self.watermark = int(vectors.ids.max()) if len(vectors.ids) else 0
+            self.loaded_from_disk = loaded_from_disk
+            self.version += 1
         self.start_seconds = time.perf_counter() - t0
 
     def refresh(self) -> bool:

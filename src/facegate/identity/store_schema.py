@@ -140,6 +140,17 @@ PG_MIGRATIONS: dict[int, str] = {
     CREATE INDEX events_at ON events(at);
     CREATE INDEX events_person ON events(person_id);
     INSERT INTO meta (key, value) VALUES ('generation', '0');
+    -- ANALYZE copies sample values of columns into pg_statistic, where VACUUM (FULL) of an
+    -- erasure would not reach them: no statistics of what names or shows a person.
+    ALTER TABLE persons ALTER COLUMN id SET STATISTICS 0;
+    ALTER TABLE persons ALTER COLUMN name SET STATISTICS 0;
+    ALTER TABLE persons ALTER COLUMN note SET STATISTICS 0;
+    ALTER TABLE embeddings ALTER COLUMN person_id SET STATISTICS 0;
+    ALTER TABLE embeddings ALTER COLUMN vector SET STATISTICS 0;
+    ALTER TABLE thumbnails ALTER COLUMN person_id SET STATISTICS 0;
+    ALTER TABLE thumbnails ALTER COLUMN jpeg SET STATISTICS 0;
+    ALTER TABLE events ALTER COLUMN person_id SET STATISTICS 0;
+    ALTER TABLE events ALTER COLUMN data SET STATISTICS 0;
     """,
 }
 PG_SCHEMA_VERSION = max(PG_MIGRATIONS)
