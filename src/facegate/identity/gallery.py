@@ -56,6 +56,9 @@ from facegate.settings import Settings
 INDEX_NAME = "index.faiss"
 SEARCH_DEPTH = 64  # nearest embeddings looked at per probe, grouped into persons
 
+# One nearest embedding of a probe: its person (None: not known to this index) and similarity.
+_Hit = tuple[str | None, float]
+
 # The open-set answer for one probe (see the module docstring).
 Verdict = Literal["known", "ambiguous", "unknown"]
 
@@ -266,15 +269,10 @@ class Gallery:
         return len(self._names)
 
     # -- search ----------------------------------------------------------------------------
-    def _person_scores(
-        self, probes: npt.NDArray[np.float32], recent: Vectors | None = None
-    ) -> list[dict[str, float]]:
-        """Per probe, each near person's score; `recent`: stored embeddings the index may
-        not hold yet, compared one by one."""
+    def _index_hits(self, probes: npt.NDArray[np.float32]) -> list[dict[int, _Hit]]:
+        """Per probe, the index's nearest embeddings: id -> (person, similarity)."""
         assert self._index is not None
-        probes = np.ascontiguousarray(np.atleast_2d(probes), np.float32)
-        # Per probe: embedding id -> (person, similarity).
-        hits: list[dict[int, tuple[str | None, float]]] = [{} for _ in range(len(probes))]
+        hits: list[dict[int, _Hit]] = [{} for _ in range(len(probes))]
         with self._lock:
             if len(self._index):
                 k = min(SEARCH_DEPTH, len(self._index))
@@ -283,7 +281,21 @@ class Gallery:
                     for score, emb_id in zip(row_scores.tolist(), row_ids.tolist(), strict=True):
                         if emb_id >= 0 and math.isfinite(score):
                             row[emb_id] = (self._person_of.get(emb_id), score)
+        return hits
+
+    def _person_scores(
+        self,
+        probes: npt.NDArray[np.float32],
+        recent: Vectors | None = None,
+        hits: list[dict[int, _Hit]] | None = None,
+    ) -> list[dict[str, float]]:
+        """Per probe, each near person's score; `recent`: stored embeddings the index may
+        not hold yet, compared one by one; `hits`: the index's, if already searched."""
+        probes = np.ascontiguousarray(np.atleast_2d(probes), np.float32)
+        if hits is None:
+            hits = self._index_hits(probes)
         if recent is not None and len(recent.ids):
+            hits = [dict(row) for row in hits]
             similarity = probes @ recent.matrix.T
             for row, values in zip(hits, similarity.tolist(), strict=True):
                 for emb_id, owner, score in zip(
@@ -318,13 +330,14 @@ class Gallery:
         threshold: float | None = None,
         exclude: str | None = None,
         recent: Vectors | None = None,
+        hits: list[dict[int, _Hit]] | None = None,
     ) -> list[Candidate]:
         """Persons whose score against these embeddings reaches the threshold (duplicate check).
 
         A person's score is the mean of their best half of per-embedding scores, so one odd
-        capture neither hides nor creates a match."""
+        capture neither hides nor creates a match. `recent` and `hits`: see `_person_scores`."""
         limit = self.settings.recognition.duplicate_threshold if threshold is None else threshold
-        per_probe = self._person_scores(embeddings, recent)
+        per_probe = self._person_scores(embeddings, recent, hits)
         persons = {p for scores in per_probe for p in scores} - {exclude}
         result: dict[str, float] = {}
         for person in persons:
@@ -349,10 +362,14 @@ class Gallery:
         duplicate check and the insert in one transaction under the gallery's writer lock:
         whichever gate added that someone, even a moment ago), else DuplicatePersonError."""
         matrix = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embeddings])
+        # The index is searched before the lock (every gate's writers wait for it); inside,
+        # only what was stored after the index's watermark, as it stood for that search.
+        watermark = self.watermark
+        hits = self._index_hits(matrix) if refuse_similar else None
         with self.store.enrolling() as enrolment:
             if refuse_similar:
-                recent = enrolment.vectors_after(self.watermark)
-                matches = self.similar_persons(matrix, recent=recent)
+                recent = enrolment.vectors_after(watermark)
+                matches = self.similar_persons(matrix, recent=recent, hits=hits)
                 names = enrolment.names(c.person_id for c in matches)
                 alive = [
                     (c.person_id, names[c.person_id], c.similarity)

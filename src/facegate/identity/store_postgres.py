@@ -47,6 +47,8 @@ GALLERY_LOCK = 0x46474741  # "FGGA": writers of persons and embeddings, one at a
 MIGRATE_LOCK = 0x4647534D  # "FGSM": one gate migrates the schema at a time
 MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes: past it, "reload everything"
 CONNECT_SECONDS = 10.0
+# How long a query waits for a pooled connection (the database away: fail, don't hang).
+POOL_WAIT_SECONDS = 3.0
 # Tables whose rows hold a person's data; VACUUM (FULL) after an erasure.
 ERASED_TABLES = ("persons", "embeddings", "thumbnails", "events")
 PING_SECONDS = 5.0  # a quiet listening connection is checked this often
@@ -207,7 +209,7 @@ class PostgresDatabase:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
                 # Binary results: vectors arrive as bytes without hex decoding (3x faster).
                 rows: list[Row] = conn.execute(_pg(sql), tuple(params), binary=True).fetchall()
                 return rows
@@ -219,7 +221,7 @@ class PostgresDatabase:
         if self.readonly:
             raise StoreError("this store was opened read-only")
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self.pool.connection(timeout=POOL_WAIT_SECONDS) as conn, conn.transaction():
                 if not durable:
                     conn.execute("SET LOCAL synchronous_commit = off")
                 yield PostgresTx(conn)

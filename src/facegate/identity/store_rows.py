@@ -23,6 +23,8 @@ from facegate.identity.names import InvalidNameError, clean_name
 from facegate.identity.store_db import Tx
 from facegate.identity.store_types import Clock, GalleryChange, NewEmbedding, StoreError, Vectors
 
+INSERT_ROWS = 100  # embeddings per INSERT statement (one round trip to PostgreSQL)
+
 
 class Rows:
     """Writes in the open transaction `tx`; timestamps from `clock`."""
@@ -32,6 +34,7 @@ class Rows:
         self.clock = clock
         self.changed: set[str] = set()  # persons whose gallery entry this transaction changed
         self.generation: int | None = None  # after `finish`, if anything changed
+        self._model: tuple[str, int] | None = None  # the model pack checked in this transaction
 
     def person_exists(self, person_id: str) -> bool:
         return bool(self.tx.query("SELECT 1 FROM persons WHERE id = ?", (person_id,)))
@@ -62,16 +65,28 @@ class Rows:
         self.tx.exclusive()
         dim = int(items[0].vector.shape[-1])
         self._check_model(pack, dim)
-        ids: list[int] = []
         now = self.clock()
-        for item in items:
-            vector = checked_vector(item.vector, dim)
-            row = self.tx.query(
-                "INSERT INTO embeddings (person_id, vector, pose, quality, source, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (person_id, vector.tobytes(), item.pose, float(item.quality), item.source, now),
+        values = [
+            (
+                person_id,
+                checked_vector(i.vector, dim).tobytes(),
+                i.pose,
+                float(i.quality),
+                i.source,
+                now,
             )
-            ids.append(int(row[0][0]))
+            for i in items
+        ]
+        ids: list[int] = []
+        for start in range(0, len(values), INSERT_ROWS):
+            chunk = values[start : start + INSERT_ROWS]
+            rows = self.tx.query(
+                "INSERT INTO embeddings (person_id, vector, pose, quality, source, created_at)"
+                f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(chunk))} RETURNING id",
+                [v for row in chunk for v in row],
+            )
+            # Ids are handed out in the order of the VALUES (RETURNING's order is not).
+            ids += sorted(int(r[0]) for r in rows)
         self.changed.add(person_id)
         return ids
 
@@ -115,6 +130,8 @@ class Rows:
         return str(rows[0][0]) if rows else None
 
     def _check_model(self, pack: str, dim: int) -> None:
+        if self._model == (pack, dim):
+            return
         stored_pack, stored = self._meta("model_pack"), self._meta("embedding_dim")
         stored_dim = None if stored is None else int(stored)
         if stored_pack is None:
@@ -130,6 +147,7 @@ class Rows:
                 f" {stored_pack}; pack {pack} ({dim}-d) cannot be mixed with them. Switch"
                 f" models.pack back to {stored_pack}, or use another --data directory"
             )
+        self._model = (pack, dim)
 
 
 def valid_name(name: str) -> str:
