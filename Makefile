@@ -74,6 +74,8 @@ bench:
 	$(PY) bench/greeting.py
 	# MQTT through a real Mosquitto: event -> message latency; engine fps with MQTT off/on/broker down.
 	$(PY) bench/mqtt.py
+	# Gates sharing one PostgreSQL store: change propagation, start-up vs SQLite, 4 gates enrolling.
+	$(PY) bench/gates.py
 	# A peer side by side: face_recognition 1.3 (dlib) in its own venv under ~/.cache/facegate.
 	$(PY) bench/peers.py --python $(PYTHON)
 	# The panel: unknown_person_detected on the server -> dialog visible in Chromium.

@@ -49,7 +49,7 @@ from facegate.events import SystemReady  # noqa: E402
 from facegate.live.pipeline import Pipeline  # noqa: E402
 from facegate.live.sources import ImageFolderSource, VideoFileSource  # noqa: E402
 from facegate.server.mqtt import MqttBridge  # noqa: E402
-from facegate.settings import MqttSettings, Settings, load_settings  # noqa: E402
+from facegate.settings import GateSettings, MqttSettings, Settings, load_settings  # noqa: E402
 from fakes import NoFaces  # noqa: E402
 from mosquitto import Broker, Subscriber, find_mosquitto  # noqa: E402
 
@@ -66,12 +66,10 @@ def percentile(ordered: list[float], q: float) -> float:
 
 def settings_for(url: str) -> Settings:
     base = load_settings(environ={})
-    mqtt = MqttSettings(
-        url=url, topic_prefix=PREFIX, gate_id=GATE, reconnect_max_seconds=2.0, queue=100_000
-    )
+    mqtt = MqttSettings(url=url, topic_prefix=PREFIX, reconnect_max_seconds=2.0, queue=100_000)
     # Short clips: strangers are offered after 0.5 s still (as bench/engine.py).
     engine = msgspec.structs.replace(base.engine, stable_seconds=0.5)
-    return msgspec.structs.replace(base, mqtt=mqtt, engine=engine)
+    return msgspec.structs.replace(base, gate=GateSettings(id=GATE), mqtt=mqtt, engine=engine)
 
 
 async def wait_connected(bridge: MqttBridge, timeout: float = 15.0) -> None:

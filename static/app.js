@@ -3,18 +3,18 @@
 import { api, connectSocket } from "./api.js";
 import { initGauge } from "./gauge.js";
 import { initGallery, refreshGallery, onPersons, confirmDelete } from "./gallery.js";
-import { $, make, feed, describe, role } from "./ui.js";
+import { $, make, feed, describe, role, setThisGate, atOtherGate } from "./ui.js";
 import { initOverlay, onTracks, setCameraOk, currentTrack, pictureSwitching, pictureShown } from "./overlay.js";
 import { initVideo } from "./video.js";
 import * as register from "./register.js";
 import * as capture from "./capture.js";
 import { initUnknowns, refreshUnknowns } from "./unknowns.js";
 import { initPerson, openPerson } from "./person.js";
-import { initHistory, setHistoryPersons, historyNoticed, reload as reloadHistory } from "./history.js";
+import { initHistory, setHistoryPersons, historyNoticed, reload as reloadHistory, refreshGates } from "./history.js";
 import { initStats } from "./stats.js";
 
 const setPresence = (text) => { $("presence").textContent = text; };
-const logEvent = (type, d) => { const [text, kind] = describe(type, d); feed(text, kind, d.timestamp); };
+const logEvent = (type, d) => { const [text, kind] = describe(type, d); feed(text + atOtherGate(d.gate_id), kind, d.timestamp); };
 
 // ---------------------------------------------------------------- camera / video
 // #camera-status is the one place that says the camera is unavailable (the server's video
@@ -104,7 +104,9 @@ function presenceFromTracks(tracks) {
 
 const handlers = {
   connected(d) {
+    const gateChanged = setGate(d.gate_id);
     feed(d.message || "Connected", "system", d.timestamp);
+    if (gateChanged) { refreshGates(); reloadHistory(); } // rows of this gate are marked as such
     setRole(d.role || "admin");
     const apply = (s) => {
       if (!s) return;
@@ -193,6 +195,18 @@ const handlers = {
   error: (d) => feed(`Server error: ${d.message || "unknown"}`, "error", d.timestamp),
 };
 
+// ---------------------------------------------------------------- this gate
+/** The gate this panel is connected to (its `gate.id`), shown in the top bar. */
+function setGate(id) {
+  const name = typeof id === "string" ? id : "";
+  const el = $("gate-name");
+  const changed = el.textContent !== name;
+  setThisGate(name);
+  el.textContent = name;
+  el.hidden = !name;
+  return changed;
+}
+
 // ---------------------------------------------------------------- role
 /** The role the server gave this page's token: the panel shows only what it may do. */
 function setRole(r) {
@@ -213,6 +227,7 @@ function setOnline(up) {
   if (!up) { register.onSocketClosed(); return; }
   refreshGallery(); // (re)connected: the gallery may have changed meanwhile
   refreshUnknowns();
+  refreshGates();
   reloadHistory();
   if (connectedOnce) restartVideo(); // the server restarted: the old MJPEG stream is dead
   connectedOnce = true;

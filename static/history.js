@@ -1,9 +1,11 @@
-// Event history (viewer role): GET /api/events, newest first, a page at a time (Older /
-// Newer walk with `before=`), filtered by type and, for an admin, by person. The first page
-// follows new events by itself. Rows: tr[data-seq][data-type].
+// Event history (viewer role): GET /api/events, newest first, a page at a time, filtered by
+// gate, type and, for an admin, by person. The gates share one store: this gate's events (the
+// default) and another gate's page with `before=` (each gate numbers its own events); all
+// gates together page with `until=` (unix seconds, older than it). The first page follows new
+// events by itself. Rows: tr[data-seq][data-type][data-gate].
 
 import { api } from "./api.js";
-import { $, make, describe, role } from "./ui.js";
+import { $, make, describe, role, thisGate } from "./ui.js";
 
 const PAGE = 15;
 const NEWEST = "9223372036854775807"; // before= this: the newest page (2^63 - 1, as text)
@@ -23,7 +25,17 @@ const TYPES = [ // the first is the default: the pose readings (several a second
 ];
 const NOT_HISTORY = new Set(["tracks", "pong", "connected", "decision_result", "error"]);
 
-const state = { cursors: [NEWEST], items: [], more: false, loading: null, again: false };
+const ALL_GATES = "all"; // the gate selector's value for every gate ("" is this gate)
+
+// A page's cursor: { before: SEQ } for one gate; { until, skip } for all gates, where `until`
+// takes in the last row's millisecond (events stamped in the same one may straddle pages) and
+// `skip` lists the rows of it already shown.
+const allGates = () => $("history-gate").value === ALL_GATES;
+const newest = () => (allGates() ? { until: null, skip: [] } : { before: NEWEST });
+const rowKey = (r) => `${r.data.gate_id ?? ""}#${r.data.seq}`;
+const msOf = (r) => Date.parse(r.data.timestamp);
+
+const state = { cursors: [{ before: NEWEST }], items: [], more: false, loading: null, again: false };
 let followTimer = null;
 
 export function initHistory() {
@@ -31,10 +43,13 @@ export function initHistory() {
   type.replaceChildren(...TYPES.map(([v, label]) => Object.assign(make("option", "", label), { value: v })));
   type.addEventListener("change", () => reload());
   $("history-person").addEventListener("change", () => reload());
+  $("history-gate").addEventListener("change", () => reload());
   $("history-older").addEventListener("click", () => {
     const last = state.items.at(-1);
     if (!state.more || !last) return;
-    state.cursors.push(String(last.data.seq));
+    const next = olderCursor(last);
+    if (!next) return;
+    state.cursors.push(next);
     load();
   });
   $("history-newer").addEventListener("click", () => {
@@ -42,7 +57,7 @@ export function initHistory() {
     state.cursors.pop();
     load();
   });
-  $("history-refresh").addEventListener("click", () => reload());
+  $("history-refresh").addEventListener("click", () => { refreshGates(); reload(); });
 }
 
 /** The gallery's persons, for the person filter (admin only). */
@@ -56,10 +71,44 @@ export function setHistoryPersons(persons) {
   if (keep && sel.value !== keep) reload(); // the filtered person was erased
 }
 
+/** The gates sharing the history (GET /api/gates), for the gate selector. */
+export async function refreshGates() {
+  let gates;
+  try {
+    gates = await api("/api/gates");
+  } catch {
+    return; // the selector keeps what it has (at least this gate and all gates)
+  }
+  if (!Array.isArray(gates)) return;
+  const sel = $("history-gate");
+  const keep = sel.value;
+  const me = gates.find((g) => g && g.this);
+  const others = gates.filter((g) => g && !g.this && typeof g.gate === "string");
+  const option = (value, label) => Object.assign(make("option", "", label), { value });
+  sel.replaceChildren(option("", me ? `This gate (${me.gate})` : "This gate"),
+    ...others.map((g) => option(g.gate, g.gate)), option(ALL_GATES, "All gates"));
+  sel.value = keep === "" || keep === ALL_GATES || others.some((g) => g.gate === keep) ? keep : "";
+  if (sel.value !== keep) reload(); // the chosen gate is no longer in the history
+}
+
 /** Back to the newest page with the current filters. */
 export function reload() {
-  state.cursors = [NEWEST];
+  state.cursors = [newest()];
   return load();
+}
+
+/** The cursor of the page after the one whose last row is `last`. */
+function olderCursor(last) {
+  if (!allGates()) return { before: String(last.data.seq) };
+  const ms = msOf(last);
+  if (isNaN(ms)) return null;
+  const current = state.cursors.at(-1);
+  const until = ((ms + 0.5) / 1000).toFixed(4);
+  const shown = state.items.filter((r) => msOf(r) === ms).map(rowKey);
+  // A millisecond that filled whole pages: the rows of it seen on the pages before too.
+  const skip = current.until === until ? [...current.skip, ...shown] : shown;
+  if (skip.length > 200) return { until: ((ms - 0.5) / 1000).toFixed(4), skip: [] }; // step over it
+  return { until, skip };
 }
 
 /** A live event arrived: the newest page shows it (one reload per burst). */
@@ -70,7 +119,12 @@ export function historyNoticed(type) {
 }
 
 function query() {
-  const q = new URLSearchParams({ limit: String(PAGE + 1), before: state.cursors.at(-1) });
+  const cursor = state.cursors.at(-1);
+  const q = new URLSearchParams({ limit: String(PAGE + 1 + (cursor.skip ? cursor.skip.length : 0)) });
+  const gate = $("history-gate").value;
+  if (gate) q.set("gate", gate);
+  if (cursor.before) q.set("before", cursor.before);
+  if (cursor.until) q.set("until", cursor.until);
   const type = $("history-type").value;
   if (type) q.set("type", type);
   const person = role() === "admin" ? $("history-person").value : "";
@@ -84,8 +138,10 @@ function load() {
     const table = $("history");
     table.dataset.loading = "true";
     try {
+      const skip = new Set(state.cursors.at(-1).skip || []);
       const rows = await api(query());
-      const items = (Array.isArray(rows) ? rows : []).filter((r) => r && r.data && typeof r.type === "string");
+      const items = (Array.isArray(rows) ? rows : [])
+        .filter((r) => r && r.data && typeof r.type === "string" && !skip.has(rowKey(r)));
       state.more = items.length > PAGE;
       state.items = items.slice(0, PAGE);
       render();
@@ -106,7 +162,7 @@ function load() {
 function emptyRow(text) {
   const tr = make("tr", "empty");
   const td = make("td", "", text);
-  td.colSpan = 4;
+  td.colSpan = 5;
   tr.append(td);
   return tr;
 }
@@ -125,6 +181,7 @@ function row({ type, data: d }) {
   const tr = make("tr", "");
   tr.dataset.seq = String(d.seq ?? "");
   tr.dataset.type = type;
+  tr.dataset.gate = d.gate_id ?? "";
   const when = new Date(d.timestamp);
   const t = make("time", "", isNaN(when) ? "" : when.toLocaleString([], { hour12: false }));
   if (!isNaN(when)) t.dateTime = when.toISOString();
@@ -134,7 +191,9 @@ function row({ type, data: d }) {
   const tdText = make("td", `h-text ${kind}`, text);
   const tdType = make("td", "h-type", type.replace(/_/g, " "));
   const who = d.name || (d.person_id ? String(d.person_id).slice(0, 8) : d.track_id != null ? `face #${d.track_id}` : "");
-  tr.append(tdTime, tdType, tdText, make("td", "h-who", who));
+  const tdGate = make("td", "h-gate", d.gate_id || "–");
+  if (d.gate_id && d.gate_id === thisGate()) tdGate.classList.add("this-gate");
+  tr.append(tdTime, tdGate, tdType, tdText, make("td", "h-who", who));
   return tr;
 }
 

@@ -84,7 +84,7 @@ function renderFacts(p) {
     ["Embeddings", String(p.embeddings ?? "?"), "embeddings"],
     ["Created", when(p.created_at), "created"],
     ["Updated", when(p.updated_at), "updated"],
-    ["Last seen", when(p.last_seen, "never"), "last-seen"],
+    ["Last seen", when(p.last_seen, "never") + (p.last_seen && p.last_seen_gate ? ` at ${p.last_seen_gate}` : ""), "last-seen"],
   ];
   if (p.note) facts.push(["Note", p.note, "note"]);
   $("person-facts").replaceChildren(...facts.flatMap(([k, v, key]) => {

@@ -24,6 +24,15 @@ export function button(cls, text, onClick, label) {
 export const role = () => document.body.dataset.role || "admin";
 export const canOperate = () => role() === "operator" || role() === "admin";
 
+// ---------------------------------------------------------------- this gate
+// Several gates may share one store (persons, history); each is named by its `gate.id`.
+let gateId = "";
+/** This gate's id, as the server said on connect ("" until then). */
+export const thisGate = () => gateId;
+export function setThisGate(id) { gateId = typeof id === "string" ? id : ""; }
+/** " at porch" for what another gate saw, "" for this gate's own. */
+export const atOtherGate = (id) => (id && gateId && id !== gateId ? ` at ${id}` : "");
+
 // ---------------------------------------------------------------- event feed
 const FEED_MAX = 100;
 

@@ -20,6 +20,8 @@ from facegate.events import (
     RegistrationStart,
     SystemReady,
     UnknownPersonDetected,
+    stamp,
+    to_wire,
 )
 from facegate.live.bus import (
     NEVER_DROPPED,
@@ -76,6 +78,25 @@ def test_stamping() -> None:
     assert when.tzinfo is not None and when.utcoffset() == UTC.utcoffset(None)
     assert drain(sub) == stamped
     assert bus.published == 3
+
+
+def test_every_event_is_stamped_with_the_gate() -> None:
+    bus = EventBus(clock=lambda: NOW, gate_id="front-door", first_seq=41)
+    sub = bus.subscribe("a")
+    stamped = [bus.publish(SystemReady()), bus.publish(recognized(1)), bus.publish(unknown(2))]
+    assert [e.gate_id for e in stamped] == ["front-door"] * 3
+    assert [e.seq for e in stamped] == [41, 42, 43]  # the gate's own numbering, continued
+    assert drain(sub) == stamped
+    assert b'"gate_id":"front-door"' in to_wire(stamped[1])
+    # An event that claims another gate is still this gate's: the bus names who saw it.
+    assert bus.publish(SystemReady(gate_id="elsewhere")).gate_id == "front-door"
+    assert EventBus().publish(SystemReady()).gate_id == "gate"  # the default gate.id
+
+
+def test_a_stamp_without_a_gate_keeps_the_events_own() -> None:
+    assert stamp(SystemReady(gate_id="porch"), 0, NOW).gate_id == "porch"
+    assert stamp(SystemReady(), 0, NOW).gate_id == ""
+    assert stamp(SystemReady(), 3, NOW, "porch").gate_id == "porch"
 
 
 def test_fan_out_in_order() -> None:

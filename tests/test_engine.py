@@ -380,9 +380,10 @@ def test_run_prints_events_and_exits_at_the_end_of_a_file(
     seqs = [line["data"]["seq"] for line in lines]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert all(line["data"]["timestamp"] for line in lines)
+    assert {line["data"]["gate_id"] for line in lines} == {"gate"}  # the gate's id (gate.id)
     # The history kept them too.
     with Store.open(tmp_path / "data", readonly=True) as store:
-        logged = store.events()
+        logged = store.events(gate="gate")  # the gate's own, oldest first
     assert [e.seq for e in logged] == seqs
 
 

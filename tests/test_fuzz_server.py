@@ -313,7 +313,10 @@ query_values = (
 @fuzz_settings()
 @given(
     params=st.lists(
-        st.tuples(st.sampled_from(["since", "limit", "since", "limit", "x"]), query_values),
+        st.tuples(
+            st.sampled_from(["since", "limit", "since", "limit", "x", "gate", "until", "before"]),
+            query_values | st.sampled_from(["all", "gate", "porch", "ALL", "a/b"]),
+        ),
         max_size=4,
     )
 )
@@ -368,6 +371,7 @@ ROUTES = [
     "/api/persons",
     "/api/identify",
     "/api/events",
+    "/api/gates",
     "/api/stats",
     "/api/schema",
     "/metrics",

@@ -25,8 +25,8 @@ from facegate.events import (
     to_wire,
 )
 from facegate.server import homeassistant as ha
-from facegate.server.homeassistant import Message
-from facegate.settings import MqttSettings
+from facegate.server.homeassistant import Message, MqttConfig
+from facegate.settings import GateSettings, MqttSettings, Settings
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 NAME = "Zelda Quixote"  # distinctive: found by a substring search if it leaks
@@ -42,8 +42,8 @@ REQUIRED: dict[str, set[str]] = {
 }
 
 
-def settings(**kw: Any) -> MqttSettings:
-    return msgspec.structs.replace(MqttSettings(url="mqtt://broker:1883"), **kw)
+def settings(**kw: Any) -> MqttConfig:
+    return msgspec.structs.replace(MqttConfig(url="mqtt://broker:1883"), **kw)
 
 
 def config(message: Message) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def named_events(name: str = NAME) -> list[Event]:
     ]
 
 
-def every_message(cfg: MqttSettings, name: str = NAME) -> list[Message]:
+def every_message(cfg: MqttConfig, name: str = NAME) -> list[Message]:
     """Everything the module builds, for one person called `name`."""
     out = [
         *ha.device_discovery(cfg, "0.1.0"),
@@ -129,6 +129,18 @@ def every_message(cfg: MqttSettings, name: str = NAME) -> list[Message]:
 
 
 # -- topics ------------------------------------------------------------------------------------
+def test_the_gate_is_named_by_gate_id_not_by_an_mqtt_key() -> None:
+    mqtt = MqttSettings(url="mqtt://broker:1883", topic_prefix="fg", qos=0)
+    cfg = ha.mqtt_config(Settings(gate=GateSettings(id="porch"), mqtt=mqtt))
+    assert cfg.gate_id == "porch"
+    assert (cfg.url, cfg.topic_prefix, cfg.qos) == (mqtt.url, "fg", 0)  # the rest as it is
+    assert ha.topics(cfg).base == "fg/porch" and ha.topics(cfg).node_id == "facegate_porch"
+    device = config(ha.device_discovery(cfg, "1.2.3")[0])["device"]
+    assert device["name"] == "facegate porch" and device["identifiers"] == ["facegate_porch"]
+    assert ha.mqtt_config(Settings(mqtt=mqtt)).gate_id == "gate"  # the default gate.id
+    assert "gate_id" not in msgspec.structs.asdict(MqttSettings())
+
+
 def test_topics_follow_the_spec() -> None:
     t = ha.topics(settings(topic_prefix="fg", gate_id="front-door"))
     assert t == ha.Topics(

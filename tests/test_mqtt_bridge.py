@@ -49,11 +49,11 @@ from facegate.live.registrar import Registrar
 from facegate.live.registration import Phase
 from facegate.live.sources import Frame
 from facegate.server import homeassistant as ha
-from facegate.server.homeassistant import Message
+from facegate.server.homeassistant import Message, MqttConfig
 from facegate.server.mqtt import MqttBridge, MqttConfigError, parse_url
 from facegate.server.mqtt_outbox import Outbox
 from facegate.server.mqtt_status import GateStatus, face_jpeg
-from facegate.settings import MqttSettings, Settings
+from facegate.settings import GateSettings, MqttSettings, Settings
 from fakes import NoFaces
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -263,8 +263,8 @@ class Gate:
     ids: dict[str, str]
 
     @property
-    def cfg(self) -> MqttSettings:
-        return self.settings.mqtt
+    def cfg(self) -> MqttConfig:
+        return ha.mqtt_config(self.settings)
 
     def topic(self, name: str) -> str:
         return f"{self.cfg.topic_prefix}/{self.cfg.gate_id}/{name}"
@@ -302,16 +302,17 @@ async def gate(
     tmp_path: Path,
     url: str,
     persons: tuple[str, ...] = ("Ada Lovelace",),
+    gate_id: str = "gate",
     **mqtt: Any,
 ) -> AsyncIterator[Gate]:
-    settings = Settings(mqtt=MqttSettings(url=url, **mqtt))
+    settings = Settings(gate=GateSettings(id=gate_id), mqtt=MqttSettings(url=url, **mqtt))
     store = Store.open(tmp_path / "data")
     gallery = Gallery.open(store, settings)
     ids = {
         name: gallery.create_person(name, [NewEmbedding(vector(i))], actor="test").id
         for i, name in enumerate(persons)
     }
-    bus = EventBus(capacity=BUS_CAPACITY)  # as the pipeline's
+    bus = EventBus(capacity=BUS_CAPACITY, gate_id=gate_id)  # as the pipeline's
     bus.attach(asyncio.get_running_loop())
     engine = Engine(NoFaces(), gallery, settings, bus.publish_threadsafe)  # type: ignore[arg-type]
     registrar = Registrar(gallery, settings, bus.publish, focus=engine.focus)
@@ -443,7 +444,7 @@ def test_gate_status_follows_presence_strangers_and_registration() -> None:
     assert status.key.state == "registering"
     assert status.apply(RegistrationCancelled(message="", reason="timeout", timestamp=t[4]))
     assert status.key == ("recognized", "p1", None) and status.since == t[4]
-    body = json.loads(status.message(MqttSettings()).payload)
+    body = json.loads(status.message(MqttConfig()).payload)
     assert body == {
         "state": "recognized",
         "person": "Ada",
@@ -460,7 +461,7 @@ def test_gate_status_follows_presence_strangers_and_registration() -> None:
     # An erased person leaves the state at once.
     status.apply(recognized("p2", "Bob", 3, t[8]))
     assert status.forget("p2", t[9]) and status.key.state == "idle"
-    names_off = json.loads(status.message(MqttSettings(publish_names=False)).payload)
+    names_off = json.loads(status.message(MqttConfig(publish_names=False)).payload)
     assert names_off["person"] is None
 
 
@@ -483,8 +484,11 @@ def test_connect_publishes_discovery_state_and_every_event(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        async with Listener(broker.port) as sub, gate(tmp_path, broker.url()) as g:
+        # The gate's id (gate.id) names its topics, client id and device.
+        async with Listener(broker.port) as sub, gate(tmp_path, broker.url(), gate_id="porch") as g:
             t = g.topic
+            assert t("availability") == "facegate/porch/availability"
+            assert g.bridge.identifier == "facegate-facegate-porch"
             online = await sub.wait_for(t("availability"))
             assert online.payload == b"online"
             (person,) = ha.person_discovery(g.cfg, g.ids["Ada Lovelace"], "Ada Lovelace")
@@ -495,6 +499,7 @@ def test_connect_publishes_discovery_state_and_every_event(
             configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config")}
             expected = [*ha.device_discovery(g.cfg, __version__), person]
             assert configs == {m.topic: m.payload for m in expected}
+            assert all("/facegate_porch/" in topic for topic in configs)
             # A frame, so the snapshot is cut from it.
             frame = np.full((480, 640, 3), 120, np.uint8)
             g.engine.process(Frame(image=frame, number=0, captured_at=0.0, position=None))
@@ -502,11 +507,12 @@ def test_connect_publishes_discovery_state_and_every_event(
             greeted = g.recognized("Ada Lovelace")
             event = await sub.wait_for(t("events"), after=mark)
             assert event.payload == to_wire(greeted) and not event.retain
+            assert event.json()["data"]["gate_id"] == "porch"
             state = await sub.wait_for(t("state"), after=mark)
             assert state.json()["state"] == "recognized"
             assert state.json()["person"] == "Ada Lovelace"
             seen = await sub.wait_for("facegate/people/ada_lovelace", after=mark)
-            assert seen.json()["gate"] == "gate" and seen.json()["similarity"] == 0.71
+            assert seen.json()["gate"] == "porch" and seen.json()["similarity"] == 0.71
             jpeg = await sub.wait_for(t("snapshot"), after=mark)
             assert jpeg.payload[:3] == b"\xff\xd8\xff"
             # Every event goes out in order, the registration ones too.

@@ -59,7 +59,8 @@ def e2e(func: Callable[..., Any]) -> Callable[..., Any]:
 
 CLIP = "hamilton_short_clip.mp4"  # 9.2 s; Lin-Manuel Miranda greeted ~3 s into every loop
 PERSON = "lin_manuel_miranda"
-PREFIX, GATE, DISCOVERY = "facegate", "gate", "homeassistant"
+# The gate is named by gate.id (FACEGATE_GATE_ID): its topics, device and events say it.
+PREFIX, GATE, DISCOVERY = "facegate", "front-door", "homeassistant"
 NODE = f"facegate_{GATE}"
 EVENT_TYPES = {"recognized", "stranger", "left", "registered"}
 
@@ -168,6 +169,7 @@ def gate_env(folder: Path, url: str, **mqtt: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
     env["FACEGATE_HOME"] = str(folder / "home")
     env["FACEGATE_ENGINE__STABLE_SECONDS"] = "0.5"
+    env["FACEGATE_GATE_ID"] = GATE
     env["FACEGATE_MQTT_URL"] = url
     env["FACEGATE_MQTT_RECONNECT_MAX_SECONDS"] = "2"  # the restart test: back within ~3 s
     for key, value in mqtt.items():
@@ -498,7 +500,7 @@ def test_recognition_event_state_people_and_snapshot(scenario: Scenario) -> None
     with scenario.diagnose():
         mark = sub.mark()
         on_ws = asyncio.run(websocket_greeting())
-        assert on_ws["data"]["name"] == PERSON
+        assert on_ws["data"]["name"] == PERSON and on_ws["data"]["gate_id"] == GATE
         seq = on_ws["data"]["seq"]
         got = sub.wait_for(t("events"), event_of("person_recognized", seq=seq), timeout=5)
         assert as_json(got) == on_ws, "the MQTT event is not the WebSocket's JSON"

@@ -25,7 +25,7 @@ from facegate.live.pose_guide import INSTRUCTIONS
 from facegate.server.app import GracefulServer, create_app
 from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
-from facegate.settings import POSE_ORDER, Settings, load_settings
+from facegate.settings import POSE_ORDER, GateSettings, Settings, load_settings
 from facegate.vision.analyzers import open_analyzer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -297,7 +297,9 @@ def test_a_viewer_sees_the_gate_and_its_boxes_but_is_not_asked_to_decide(
 ) -> None:
     tokens = {"token": "admin-secret", "viewer_token": "view-secret"}
     settings = msgspec.structs.replace(
-        settings, server=msgspec.structs.replace(settings.server, **tokens)
+        settings,
+        gate=GateSettings(id="front-door"),
+        server=msgspec.structs.replace(settings.server, **tokens),
     )
     port = free_port()
     source = ScriptedPerson(Person(pointing, "p04_person01"))
@@ -321,6 +323,18 @@ def test_a_viewer_sees_the_gate_and_its_boxes_but_is_not_asked_to_decide(
         assert page.is_hidden("#unknowns-card")
         assert page.is_hidden("#history-person-label")
         until(page, "document.querySelector('#history-body tr[data-seq]')", 10_000)
+        # The history names the gate that saw each event: this one, by its gate.id.
+        heads = page.eval_on_selector_all("#history thead th", "hs => hs.map(h => h.textContent)")
+        assert heads[1] == "Gate", heads
+        gates = page.eval_on_selector_all(
+            "#history-body tr td.h-gate", "ts => ts.map(t => t.textContent)"
+        )
+        assert gates and set(gates) == {"front-door"}, gates
+        assert page.text_content("#gate-name") == "front-door"
+        until(
+            page,
+            "document.getElementById('history-gate').options[0].text === 'This gate (front-door)'",
+        )
         data = json.loads(page.get_attribute("#overlay", "data-tracks") or "[]")
         assert all(t["name"] is None for t in data), data
     finally:

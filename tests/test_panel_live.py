@@ -46,6 +46,8 @@ pytestmark = [pytest.mark.shared_data, pytest.mark.models]
 
 SHOTS = REPO / "docs" if os.environ.get("FACEGATE_SCREENSHOTS") == "docs" else ARTIFACTS
 TRACKS = "JSON.parse(document.getElementById('overlay').dataset.tracks || '[]')"
+HISTORY_FULL_PAGE = """document.getElementById('history').dataset.loading === 'false'
+  && document.querySelectorAll('#history-body tr[data-seq]').length === 15"""
 
 # Installed in the page: every reading the gauge plots, as (yaw, side of the dot).
 GAUGE_RECORDER = """() => {
@@ -255,6 +257,26 @@ def test_live_overlay_countdowns_reoffer_greeting_and_workspace(
         older = page.eval_on_selector_all("#history-body tr", "rs => rs.map(r => +r.dataset.seq)")
         assert older and max(older) < min(newest), (newest, older)
         page.click("#history-newer")
+        until(page, "document.getElementById('history').dataset.page === '1'")
+        # Every gate sharing the store (only this one here): newest first, paged by time.
+        gates = page.eval_on_selector_all("#history-body tr", "rs => rs.map(r => r.dataset.gate)")
+        assert set(gates) == {"gate"}, gates
+        page.select_option("#history-gate", "all")
+        until(page, HISTORY_FULL_PAGE)
+        rows = (
+            "rs => rs.map(r => [r.dataset.gate, +r.dataset.seq, r.querySelector('time').dateTime])"
+        )
+        first = page.eval_on_selector_all("#history-body tr", rows)
+        assert [r[2] for r in first] == sorted((r[2] for r in first), reverse=True), first
+        page.click("#history-older")
+        until(page, "document.getElementById('history').dataset.page === '2'")
+        until(page, "document.getElementById('history').dataset.loading === 'false'")
+        second = page.eval_on_selector_all("#history-body tr[data-seq]", rows)
+        # This gate's rows as its own paging showed them (shifted, if an event came since).
+        assert second and {r[1] for r in second} <= {*newest, *older}, (second, newest, older)
+        assert not {tuple(r) for r in first} & {tuple(r) for r in second}, (first, second)
+        assert max(r[2] for r in second) <= min(r[2] for r in first), (first, second)
+        page.select_option("#history-gate", "")  # back to this gate's own
         until(page, "document.getElementById('history').dataset.page === '1'")
 
         # -- the face leaves: no box stays drawn ----------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from facegate.settings import (
     DetectionSettings,
+    GateSettings,
     ModelSettings,
     RecognitionSettings,
     Settings,
@@ -147,6 +148,42 @@ def test_settings_are_frozen() -> None:
         s.quality.enrolment.min_face_px = 10  # type: ignore[misc]
     with pytest.raises(AttributeError):
         s.models = ModelSettings()  # type: ignore[misc]
+
+
+# -- the gate's id -------------------------------------------------------------------------------
+
+
+def test_gate_id_defaults_to_gate_and_comes_from_the_file(tmp_path: Path) -> None:
+    assert load_settings(environ={}).gate == GateSettings(id="gate")
+    path = write(tmp_path, '[gate]\nid = "front-door_2"\n')
+    assert load_settings(path, environ={}).gate.id == "front-door_2"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("porch", "porch"), ("2", "2"), ("true", "true"), ("1e3", "1e3"), ('"porch"', "porch")],
+)
+def test_gate_id_from_the_environment_is_taken_as_text(value: str, expected: str) -> None:
+    # A number or a boolean is still the gate's name, not a value of another type.
+    assert load_settings(environ={"FACEGATE_GATE_ID": value}).gate.id == expected
+    assert load_settings(environ={"FACEGATE_GATE__ID": value}).gate.id == expected
+
+
+@pytest.mark.parametrize("value", ["", "a b", "gate/1", "é", "x" * 65, "all!", "all", "ALL"])
+def test_bad_gate_ids_name_the_key(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SettingsError, match=r"gate(\.|: )id"):
+        load_settings(environ={"FACEGATE_GATE_ID": value})
+    path = write(tmp_path, f"[gate]\nid = {value!r}\n".replace("'", '"'))
+    with pytest.raises(SettingsError, match=r"gate(\.|: )id"):
+        load_settings(path, environ={})
+
+
+def test_mqtt_gate_id_is_gone_and_says_where_it_went(tmp_path: Path) -> None:
+    path = write(tmp_path, '[mqtt]\ngate_id = "porch"\n')
+    with pytest.raises(SettingsError, match=r"mqtt\.gate_id: moved to \[gate\] id"):
+        load_settings(path, environ={})
+    with pytest.raises(SettingsError, match=r"FACEGATE_MQTT_GATE_ID: moved to \[gate\] id"):
+        load_settings(environ={"FACEGATE_MQTT_GATE_ID": "porch"})
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def logged(runtime: Runtime, seq: int) -> None:
     """Wait until the history holds the event `seq` (it is written in batches)."""
     store = runtime.store
     assert store is not None
-    wait_until(lambda: store.last_event_seq() >= seq, what=f"event {seq} in the history")
+    gate = runtime.settings.gate.id
+    wait_until(lambda: store.last_event_seq(gate) >= seq, what=f"event {seq} in the history")
 
 
 def person_in_store(runtime: Runtime, name: str = "Ada") -> str:
@@ -297,21 +298,23 @@ def test_last_seen_is_the_latest_recognition(build: Build) -> None:
         pid = person_in_store(runtime, "Ada")
         other = person_in_store(runtime, "Bob")
         detail = client.get(f"/api/persons/{pid}").json()
-        assert detail["last_seen"] is None
+        assert detail["last_seen"] is None and detail["last_seen_gate"] is None
         assert detail["embeddings"] == 1 and detail["poses"] == ["front"]
 
         publish(client, runtime, recognized(pid))
         later = publish(client, runtime, recognized(pid))
         logged(runtime, later.seq)
         assert runtime.store is not None
-        when = runtime.store.last_seen(pid)
-        assert when is not None
+        last = runtime.store.last_seen(pid)
+        assert last is not None and last.gate == "gate"
         detail = client.get(f"/api/persons/{pid}").json()
         seen = datetime.fromisoformat(detail["last_seen"])
-        assert seen.tzinfo is not None and abs(seen.timestamp() - when) < 1.0
+        assert seen.tzinfo is not None and abs(seen.timestamp() - last.at) < 1.0
+        assert detail["last_seen_gate"] == "gate"  # where: this gate (gate.id)
         assert abs(seen.timestamp() - time.time()) < 60
         listed = {p["person_id"]: p for p in client.get("/api/persons").json()}
         assert listed[pid]["last_seen"] == detail["last_seen"]
+        assert listed[pid]["last_seen_gate"] == "gate"
         assert listed[other]["last_seen"] is None  # only this person's recognitions count
         assert {"poses", "embeddings", "created_at", "updated_at"} <= listed[pid].keys()
 

@@ -3,7 +3,9 @@
 On the wire every event is `{"type": <name>, "data": {...}}`, the envelope of the original
 design, whose type names and fields stay valid (`person_recognized`, `unknown_person_detected`,
 `person_left_area`, `system_ready`, `registration_*`). Every event's data also carries:
-`seq` (monotonic per process), `timestamp` (ISO 8601, UTC), and, where a face is concerned,
+`seq` (monotonic per gate, continued across restarts from the history), `timestamp` (ISO 8601,
+UTC), `gate_id` (the gate that saw it: its `gate.id`; several gates may share one store and
+history), and, where a face is concerned,
 `track_id`, `bbox` and `frame_time` (stream time: a video file's position, or the capture clock
 of a live source, in seconds; the same clock in every event and in `tracks`).
 
@@ -16,7 +18,7 @@ another name for that similarity (and `distance` as 1 - similarity).
 printed by `facegate run --json --tracks`) is not an event: it has no `seq`, is never kept in
 the history and may be dropped; see `Tracks`.
 
-`seq` and `timestamp` are stamped by the bus when the event is published (`stamp`).
+`seq`, `timestamp` and `gate_id` are stamped by the bus when the event is published (`stamp`).
 The JSON Schema of the wire format is generated from these Structs (`json_schema`).
 """
 
@@ -35,6 +37,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
     seq: int = 0
     timestamp: str = ""
+    gate_id: str = ""  # the gate that saw it (`gate.id`)
 
 
 class FaceEvent(Event, frozen=True, kw_only=True):
@@ -250,11 +253,15 @@ def type_name(event: Event) -> str:
     return tag
 
 
-def stamp(event: Event, seq: int, now: float | None = None) -> Event:
-    """The event with its sequence number and ISO timestamp (UTC) set."""
+def stamp(event: Event, seq: int, now: float | None = None, gate_id: str | None = None) -> Event:
+    """The event with its sequence number, ISO timestamp (UTC) and, when given, its gate set
+    (without `gate_id`, the event keeps the one it has)."""
     when = datetime.fromtimestamp(now, UTC) if now is not None else datetime.now(UTC)
     return msgspec.structs.replace(
-        event, seq=seq, timestamp=when.isoformat(timespec="milliseconds")
+        event,
+        seq=seq,
+        timestamp=when.isoformat(timespec="milliseconds"),
+        gate_id=event.gate_id if gate_id is None else gate_id,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,8 @@ from msgspec import Meta, Struct
 # Variables that are not setting keys: they select files or carry secrets.
 RESERVED_ENV = frozenset({"FACEGATE_HOME", "FACEGATE_SETTINGS", "FACEGATE_TOKEN"})
 ENV_PREFIX = "FACEGATE_"
+# The gate's id was an MQTT setting; it names the gate everywhere now.
+MOVED_GATE_ID = "moved to [gate] id (FACEGATE_GATE_ID)"
 
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Cosine = Annotated[float, Meta(ge=-1.0, le=1.0)]
@@ -30,6 +33,21 @@ Degrees = Annotated[float, Meta(ge=0.0, le=90.0)]
 Pixels = Annotated[int, Meta(ge=1, le=10_000)]
 
 PackName = Literal["faceplugin", "buffalo_l", "buffalo_s", "antelopev2"]
+
+
+GATE_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+GateId = Annotated[str, Meta(min_length=1, max_length=64, pattern=GATE_ID_PATTERN)]
+
+
+class GateSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # This gate's name. Every gate sharing a store needs its own: it names the gate in its
+    # events (`gate_id`), in the history (`/api/events?gate=`) and in its MQTT topics, client id
+    # and Home Assistant device.
+    id: GateId = "gate"
+
+    def __post_init__(self) -> None:
+        if self.id.lower() == "all":  # `/api/events?gate=all` means every gate
+            raise ValueError('id "all" is reserved (it means every gate); choose another')
 
 
 class ModelSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -230,6 +248,9 @@ class ServerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 
 class StoreSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # "" = SQLite in the data directory; "postgresql://user@host/db" = a PostgreSQL database
+    # that several gates share (FACEGATE_STORE_URL overrides it; the password is never logged).
+    url: Annotated[str, Meta(pattern=r"^$|^postgres(ql)?://")] = ""
     # Keep a small JPEG of each person's best aligned face for the panel.
     thumbnails: bool = True
     # The audit log (enrolments, erasures, failed logins; never vectors, images or names)
@@ -279,11 +300,10 @@ class MqttSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     # The broker, e.g. "mqtt://user:pass@host:1883" or "mqtts://host:8883"; "" = MQTT off.
     # (FACEGATE_MQTT_URL overrides it; the password is never logged.)
     url: str = ""
-    # Topics: <topic_prefix>/<gate_id>/..., <topic_prefix>/people/<person>.
+    # Topics: <topic_prefix>/<gate.id>/..., <topic_prefix>/people/<person>.
     topic_prefix: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = (
         "facegate"
     )
-    gate_id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = "gate"
     # Home Assistant's MQTT discovery prefix ("" = no discovery).
     discovery_prefix: Annotated[str, Meta(max_length=64, pattern=r"^[A-Za-z0-9_/-]*$")] = (
         "homeassistant"
@@ -307,6 +327,7 @@ class MqttSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
 
 
 class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    gate: GateSettings = msgspec.field(default_factory=GateSettings)
     models: ModelSettings = msgspec.field(default_factory=ModelSettings)
     detection: DetectionSettings = msgspec.field(default_factory=DetectionSettings)
     recognition: RecognitionSettings = msgspec.field(default_factory=RecognitionSettings)
@@ -349,11 +370,16 @@ def load_settings(
     path = _settings_path(settings_file, data_dir, env)
     if path is not None:
         raw = _read_toml(path)
+        mqtt = raw.get("mqtt")
+        if isinstance(mqtt, dict) and "gate_id" in mqtt:
+            raise SettingsError(f"setting mqtt.gate_id: {MOVED_GATE_ID} ({path})")
     origin = str(path) if path is not None else "defaults"
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and name not in RESERVED_ENV:
+            if name in ("FACEGATE_MQTT_GATE_ID", "FACEGATE_MQTT__GATE_ID"):
+                raise SettingsError(f"environment variable {name}: {MOVED_GATE_ID}")
             keys = _env_key_path(name)
-            _set_path(raw, keys, _parse_env_value(value))
+            _set_path(raw, keys, _parse_env_value(value, _is_text(keys)))
             origin = f"{origin} + environment"
     return _convert(raw, origin)
 
@@ -449,11 +475,25 @@ def _match_field(rest: str, fields: dict[str, Any]) -> str | None:
     return None
 
 
-def _parse_env_value(value: str) -> Any:
+def _is_text(keys: list[str]) -> bool:
+    """Whether the setting at `keys` is a string: its variable is then taken as it is
+    (FACEGATE_GATE_ID=2 is the gate "2", not the number 2)."""
+    node: Any = Settings
+    for key in keys:
+        node = _field_names(node)[key]
+    if typing.get_origin(node) is Annotated:
+        node = typing.get_args(node)[0]
+    return node is str
+
+
+def _parse_env_value(value: str, text: bool = False) -> Any:
+    """The TOML value the variable spells, else its text; for a string setting (`text`) the
+    text itself unless it is a quoted TOML string."""
     try:
-        return tomllib.loads(f"v = {value}")["v"]
+        parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return value
+    return value if text and not isinstance(parsed, str) else parsed
 
 
 def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from facegate import __version__
-from facegate.cli import analysis, live, models, persons, serve
+from facegate.cli import analysis, live, models, persons, serve, store
 from facegate.cli.common import Context, Output
 from facegate.identity.archive import ArchiveError
 from facegate.identity.store import StoreError
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         msub,
     )
     persons.add_commands(sub, add, _common)
+    store.add_commands(sub, add, _common)
     p = add("run", live.cmd_run, "run the live engine on a source; print events as lines")
     p.add_argument(
         "--source",
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="also publish to this MQTT broker (mqtt://[user:pass@]host[:port] or mqtts://...;"
         " the other [mqtt] settings apply; beside a running `serve` give this one its own"
-        " mqtt.gate_id)",
+        " gate.id, e.g. FACEGATE_GATE_ID=bench)",
     )
     add("schema", live.cmd_schema, "print the JSON Schema of the events")
     p = add("serve", serve.cmd_serve, "serve the panel, REST and WebSocket API on the live source")

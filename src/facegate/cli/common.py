@@ -64,7 +64,12 @@ class Context:
     def store(self, *, readonly: bool) -> Store:
         from facegate.identity.store import Store
 
-        return Store.open(self.data_dir, readonly=readonly)
+        return Store.open(
+            self.data_dir,
+            readonly=readonly,
+            url=self.settings.store.url,
+            gate=self.settings.gate.id,
+        )
 
     def gallery(self, store: Store) -> Gallery:
         from facegate.identity.gallery import Gallery

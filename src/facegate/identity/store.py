@@ -68,6 +68,7 @@ from facegate.identity.store_types import (
     Source,
     StoreError,
     StoreLockedError,
+    StoreUnavailableError,
     UnknownPersonError,
     Vectors,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLockedError",
+    "StoreUnavailableError",
     "UnknownPersonError",
     "Vectors",
 ]

@@ -38,7 +38,7 @@ import psycopg_pool
 
 from facegate.identity import store_schema
 from facegate.identity.store_db import Row
-from facegate.identity.store_types import GalleryChange, StoreError
+from facegate.identity.store_types import GalleryChange, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class PostgresTx:
 
 
 def _unreachable(where: str, exc: BaseException) -> StoreError:
-    return StoreError(f"the shared store {where} is unreachable: {exc}")
+    return StoreUnavailableError(f"the shared store {where} is unreachable: {exc}")
 
 
 class PostgresDatabase:

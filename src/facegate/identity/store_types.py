@@ -21,6 +21,11 @@ class StoreError(Exception):
     """The store cannot be used as asked; the message says why and what to do."""
 
 
+class StoreUnavailableError(StoreError):
+    """The shared store cannot be reached now (PostgreSQL away): nothing was written; try
+    again in a moment."""
+
+
 class StoreLockedError(StoreError):
     """Another process holds the data directory for writing."""
 

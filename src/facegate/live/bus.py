@@ -3,7 +3,8 @@
 The engine (a worker thread) calls `publish_threadsafe`, which never blocks: the event goes onto
 a bounded intake and one drain callback is scheduled with `loop.call_soon_threadsafe`. On the loop
 thread the drain `publish`es each event: it is stamped (`seq` from 1, `timestamp` from the bus's
-clock, `events.stamp`) and appended to every subscriber's own bounded queue.
+clock, `gate_id` the bus's gate: `events.stamp`) and appended to every subscriber's own bounded
+queue.
 
 Back-pressure never reaches the publisher. When the intake is full (the loop is starved) the
 oldest droppable event in it is dropped (`dropped_before_dispatch`); when a subscriber's queue is
@@ -140,10 +141,13 @@ class EventBus:
         capacity: int = 1024,
         clock: Callable[[], float] = time.time,
         first_seq: int = 1,
+        gate_id: str = "gate",
         on_publish: Callable[[Event], None] | None = None,
     ) -> None:
-        """`on_publish` sees every event as it is published (stamped), on the loop thread:
-        e.g. the monitor's counters, which then count exactly what the bus published."""
+        """`gate_id` is stamped on every event (the gate's `gate.id`); `first_seq` continues
+        that gate's history. `on_publish` sees every event as it is published (stamped), on
+        the loop thread: e.g. the monitor's counters, which then count exactly what the bus
+        published."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
@@ -154,6 +158,7 @@ class EventBus:
         self._drain_scheduled = False
         self._subscribers: list[Subscription] = []
         self._seq = first_seq - 1  # e.g. continue after the history's last seq
+        self.gate_id = gate_id
         self.published = 0
         self.dropped_before_dispatch = 0
         self._on_publish = on_publish
@@ -206,7 +211,7 @@ class EventBus:
     def publish(self, event: Event) -> Event:
         """Stamp `event` and append it to every subscriber's queue; the stamped event."""
         self._seq += 1
-        stamped = events.stamp(event, self._seq, self._clock())
+        stamped = events.stamp(event, self._seq, self._clock(), self.gate_id)
         self.published += 1
         if self._on_publish is not None:
             self._on_publish(stamped)

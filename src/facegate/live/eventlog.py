@@ -1,7 +1,8 @@
 """The event history: every published event (never frames or vectors) kept in the store.
 
 A bus subscriber that writes events in small batches and prunes to the retention limits
-(`[events]` settings). `/api/events?since=SEQ` and history queries read it back.
+(`[events]` settings), each under the gate that saw it (the event's `gate_id`: several gates
+may share one store). `/api/events?since=SEQ` and history queries read it back.
 
 A name typed for a registration is kept only once it belongs to a stored person: the
 history's copy of `registration_approved` leaves the name out (the live event has it), and
@@ -11,9 +12,11 @@ A registration that never completes leaves no name behind.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import msgspec
 
@@ -33,16 +36,31 @@ def redacted(event: Event) -> Event:
     return event
 
 
+def event_time(event: Event, default: float) -> float:
+    """When the event was published (its `timestamp`, unix seconds), else `default`."""
+    if event.timestamp:
+        try:
+            return datetime.fromisoformat(event.timestamp).timestamp()
+        except ValueError:
+            pass
+    return default
+
+
 def logged(event: Event, now: float) -> LoggedEvent:
+    """The history's row of a published event: under the gate that saw it (`gate_id`), at its
+    own time (`timestamp`; `now` for one the bus did not stamp). Not the time of writing: the
+    events of one batch would share it, and paging every gate's history by time (`until=`)
+    could not cut between them."""
     event = redacted(event)
     data = data_of(event)
     person = data.get("person_id")
     return LoggedEvent(
         seq=event.seq,
-        at=now,
+        at=event_time(event, now),
         type=type_name(event),
         person_id=person if isinstance(person, str) else None,
         data=to_wire(event).decode(),
+        gate=event.gate_id,
     )
 
 
@@ -79,4 +97,5 @@ class EventLog:
             batch = [event]
             while len(batch) < BATCH and (more := self.subscription.get_nowait()) is not None:
                 batch.append(more)
-            self.write(batch)
+            # Off the loop: a shared store may be slow or away, and the loop serves everyone.
+            await asyncio.to_thread(self.write, batch)

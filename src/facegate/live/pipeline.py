@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facegate.events import Event, SourceStatus, Tracks, type_name
+from facegate.identity.follower import GalleryFollower
 from facegate.identity.gallery import Gallery
 from facegate.identity.store import Store, StoreLockedError
 from facegate.live.bus import EventBus
@@ -42,15 +43,19 @@ ENGINE_STOP_SECONDS = 3.0
 CAPTURE_STOP_SECONDS = 1.0
 
 
-def open_store(data_dir: Path, *, readonly_fallback: bool = False) -> tuple[Store, bool]:
-    """The data directory's store for writing, and whether it is writable: with
-    `readonly_fallback`, read-only when another process (a running `serve`) holds it."""
+def open_store(
+    settings: Settings, data_dir: Path, *, readonly_fallback: bool = False
+) -> tuple[Store, bool]:
+    """The gate's store (`[store] url`, else SQLite in `data_dir`) for writing, and whether it
+    is writable: with `readonly_fallback`, read-only when another process (a running `serve`)
+    holds the data directory."""
+    url, gate = settings.store.url, settings.gate.id
     try:
-        return Store.open(data_dir), True
+        return Store.open(data_dir, url=url, gate=gate), True
     except StoreLockedError:
         if not readonly_fallback:
             raise
-        return Store.open(data_dir, readonly=True), False
+        return Store.open(data_dir, readonly=True, url=url, gate=gate), False
 
 
 class Pipeline:
@@ -86,7 +91,10 @@ class Pipeline:
         self.source_state = "starting"  # the capture's latest `source_status`
         self._loop = asyncio.get_running_loop()
         self.bus = EventBus(
-            capacity=BUS_CAPACITY, first_seq=store.last_event_seq() + 1, on_publish=self._count
+            capacity=BUS_CAPACITY,
+            gate_id=settings.gate.id,
+            first_seq=store.last_event_seq(settings.gate.id) + 1,
+            on_publish=self._count,
         )
         self.bus.attach(self._loop)
         self.focus = RegistrationFocus()  # the registrar's side is `serve`'s (or nobody's)
@@ -101,6 +109,9 @@ class Pipeline:
             focus=self.focus,
         )
         self.capture = Capture(source, realtime=realtime, loop=loop_source, on_status=self._status)
+        # What other processes change in the store reaches this gallery (a shared store's
+        # other gates; a `serve` beside a read-only `run`).
+        self.follower = GalleryFollower(gallery)
         self._histories: list[EventLog] = []  # one when the history is kept, else none
         if writable and settings.events.enabled:
             sub = self.bus.subscribe("history", maxsize=HISTORY_QUEUE)
@@ -131,7 +142,7 @@ class Pipeline:
         fast as the engine takes it; `loop_source`: a file starts again at its end;
         `readonly_fallback`: see `open_store`; `on_tracks`: each processed frame's faces, on
         the engine thread."""
-        store, writable = open_store(data_dir, readonly_fallback=readonly_fallback)
+        store, writable = open_store(settings, data_dir, readonly_fallback=readonly_fallback)
         try:
             gallery = Gallery.open(store, settings)
             return cls(
@@ -171,6 +182,7 @@ class Pipeline:
         if self._engine_done is not None:
             raise RuntimeError("pipeline already started")
         self._tasks += [self._loop.create_task(h.run()) for h in self._histories]
+        self.follower.start()
         self.capture.start()
         self._engine_done = self._loop.run_in_executor(None, self.engine.run, self.capture)
 
@@ -184,6 +196,7 @@ class Pipeline:
         """Stop the engine (waiting for it a few seconds) and the capture, then let the
         events the engine thread handed over reach the subscribers (`settle` seconds)."""
         self.engine.stop()
+        self.follower.stop(timeout=0.0)
         if self._engine_done is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._engine_done, timeout=ENGINE_STOP_SECONDS)
@@ -205,4 +218,5 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.bus.close()
+        await asyncio.to_thread(self.follower.stop)
         self.store.close()

@@ -1,7 +1,8 @@
 """Who may do what: the roles, and the one table that gives every route and every WebSocket
 message the role it needs.
 
-- `viewer`: the panel, video, snapshot, events, stats, metrics, schema, the WebSocket feed.
+- `viewer`: the panel, video, snapshot, events (of every gate), gates, stats, metrics, schema,
+  the WebSocket feed.
 - `operator`: a viewer who may also answer registration prompts, offer a face in view for
   registration, see and dismiss the recent unknown faces, and reset the gate.
 - `admin`: an operator who may also list, enrol, rename and erase persons and identify photos.
@@ -77,6 +78,8 @@ ROUTES: dict[str, dict[str, Access]] = {
     "/api/persons/{person_id}/photos": {"POST": Access(ADMIN, Body.FORM)},
     "/api/identify": {"POST": Access(ADMIN, Body.FORM)},
     "/api/events": {"GET": Access(VIEWER)},
+    # The gates sharing the store's history (ids, event counts, last event): like the events.
+    "/api/gates": {"GET": Access(VIEWER)},
     "/api/stats": {"GET": Access(VIEWER)},
     "/api/schema": {"GET": Access(VIEWER)},
     "/metrics": {"GET": Access(VIEWER)},

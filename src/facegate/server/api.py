@@ -14,6 +14,10 @@ The rest of the API lives in:
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import math
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +30,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from facegate import __version__
 from facegate.events import AnyEvent
 from facegate.identity.names import InvalidNameError, clean_name
+from facegate.settings import GATE_ID_PATTERN
 
 if TYPE_CHECKING:
+    from facegate.identity.store import LoggedEvent
     from facegate.server.hub import Hub
     from facegate.server.runtime import Runtime
 
@@ -41,6 +47,10 @@ MAX_TRACK_ID = 2**31
 MAX_PERSON_ID = 64
 MAX_TYPE_PARAM = 1024
 EVENT_TYPES = frozenset(str(kind.__struct_config__.tag) for kind in AnyEvent.__args__)
+GATE_ID = re.compile(GATE_ID_PATTERN)  # as `gate.id`, 1 to MAX_GATE_ID characters
+MAX_GATE_ID = 64
+ALL_GATES = "all"  # `gate=all`: every gate sharing the store
+MAX_UNTIL = 1e11  # unix seconds (year 5138): bounds `until`
 
 
 def error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -210,13 +220,69 @@ def _event_types(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _gate_param(request: Request, this: str) -> str | None:
+    """`gate=<id>` (default: this gate), or None for `gate=all`; ValueError when it is
+    neither a gate id nor "all"."""
+    raw = request.query_params.get("gate")
+    if raw is None:
+        return this
+    if raw == ALL_GATES:
+        return None
+    if not (len(raw) <= MAX_GATE_ID and GATE_ID.fullmatch(raw)):
+        raise ValueError(
+            "`gate` must be a gate id (1 to 64 letters, digits, - or _) or `all`;"
+            " GET /api/gates lists the gates"
+        )
+    return raw
+
+
+def _until(request: Request) -> float | None:
+    """`until=<unix seconds>` (gate=all's cursor): a finite number, or None when absent."""
+    raw = request.query_params.get("until")
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip()) if len(raw) <= 32 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_UNTIL):
+        raise ValueError("`until` must be a time in unix seconds (a number from 0)")
+    return value
+
+
+def _event_json(row: LoggedEvent) -> bytes:
+    """A history row as the API gives it: the event's JSON, which names its gate (rows
+    written before events carried `gate_id` get the row's gate)."""
+    data = row.data.encode()
+    if not row.gate or b'"gate_id":' in data:
+        return data
+    doc = msgspec.json.decode(data)
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        doc["data"]["gate_id"] = row.gate
+        return msgspec.json.encode(doc)
+    return data
+
+
 def events(runtime: Runtime) -> Handler:
-    """`GET /api/events`: `since=SEQ` (after it, oldest first; the default) or `before=SEQ`
-    (before it, newest first: paging back), `limit`, `type=a,b`, `person_id=ID`."""
+    """`GET /api/events`: this gate's events: `since=SEQ` (after it, oldest first; the
+    default) or `before=SEQ` (before it, newest first: paging back), `limit`, `type=a,b`,
+    `person_id=ID`. `gate=ID`: another gate's events (sharing the store), with the same
+    cursors (each gate numbers its own events); `gate=all`: every gate's, newest first, paged
+    back with `until=<unix seconds>` (older than it)."""
 
     async def handler(request: Request) -> Response:
         query = request.query_params
         try:
+            gate = _gate_param(request, runtime.settings.gate.id)
+            if gate is None and ("since" in query or "before" in query):
+                raise ValueError(
+                    "`since` and `before` are one gate's sequence numbers: with `gate=all`"
+                    " page back with `until=<unix seconds>` (events older than it)"
+                )
+            if gate is not None and "until" in query:
+                raise ValueError(
+                    "`until` pages `gate=all`; for one gate use `before=SEQ` (or `since=SEQ`)"
+                )
             if "since" in query and "before" in query:
                 raise ValueError(
                     "give `since` (newer events, oldest first) or `before` (older events,"
@@ -224,6 +290,7 @@ def events(runtime: Runtime) -> Handler:
                 )
             since = bounded_int(request, "since", 0, 0, MAX_SEQ)
             before = bounded_int(request, "before", MAX_SEQ, 0, MAX_SEQ)
+            until = _until(request)
             limit = bounded_int(request, "limit", 500, 1, MAX_EVENTS)
             types = _event_types(query.getlist("type"))
             person_id = query.get("person_id")
@@ -231,15 +298,58 @@ def events(runtime: Runtime) -> Handler:
                 raise ValueError(f"`person_id` must be 1 to {MAX_PERSON_ID} characters")
         except ValueError as exc:
             return error(str(exc), 400)
-        rows = runtime.store.events(
-            since,
-            limit,
-            before=before if "before" in query else None,
-            types=types,
-            person_id=person_id,
-        )
-        body = b"[" + b",".join(r.data.encode() for r in rows) + b"]"
+        # Off the loop: a shared store answers over the network (or not at all for a while).
+        if gate is None:
+            rows = await asyncio.to_thread(
+                functools.partial(
+                    runtime.store.events,
+                    limit=limit,
+                    types=types,
+                    person_id=person_id,
+                    gate=None,
+                    until=until,
+                )
+            )
+        else:
+            rows = await asyncio.to_thread(
+                functools.partial(
+                    runtime.store.events,
+                    since,
+                    limit,
+                    before=before if "before" in query else None,
+                    types=types,
+                    person_id=person_id,
+                    gate=gate,
+                )
+            )
+        body = b"[" + b",".join(_event_json(r) for r in rows) + b"]"
         return Response(body, media_type="application/json")
+
+    return handler
+
+
+def gates(runtime: Runtime) -> Handler:
+    """`GET /api/gates`: the gates in the shared history, this one first (listed even before
+    its first event): `[{"gate", "events", "last_at" (unix seconds or null), "this"}]`."""
+
+    async def handler(request: Request) -> Response:
+        this = runtime.settings.gate.id
+        seen = {g.gate: g for g in await asyncio.to_thread(runtime.store.gates) if g.gate}
+        mine = seen.pop(this, None)
+        others = sorted(seen.values(), key=lambda g: (-g.last_at, g.gate))
+        listed = [
+            {
+                "gate": this,
+                "events": mine.events if mine else 0,
+                "last_at": mine.last_at if mine else None,
+                "this": True,
+            },
+            *(
+                {"gate": g.gate, "events": g.events, "last_at": g.last_at, "this": False}
+                for g in others
+            ),
+        ]
+        return JSONResponse(listed)
 
     return handler
 
@@ -260,7 +370,15 @@ def stats(runtime: Runtime, hub: Hub) -> Handler:
                 "websocket_connections": len(hub),
                 "websocket_disconnected_slow": hub.disconnected_slow,
                 "persons": runtime.gallery.person_count,
-                "embeddings": runtime.store.embedding_count(),
+                "embeddings": len(runtime.gallery),  # in this gate's index
+                "store": {
+                    "kind": runtime.store.kind,
+                    "where": runtime.store.where,  # a URL without its password
+                    "generation": runtime.gallery.generation,
+                    "changes_followed": runtime.gallery.followed,
+                    "reloads": runtime.gallery.reloads,
+                    "reconnections": runtime.pipeline.follower.reconnections,
+                },
                 "bus": runtime.bus.stats(),
             }
         )

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from facegate.identity.store import StoreUnavailableError
 from facegate.server import api, persons, unknown_faces, video, websocket
 from facegate.server.http import GracefulServer
 from facegate.server.hub import Hub
@@ -104,6 +105,7 @@ def create_app(runtime: Runtime) -> Starlette:
         ),
         Route("/api/identify", persons.identify(runtime, uploads), methods=["POST"]),
         Route("/api/events", api.events(runtime)),
+        Route("/api/gates", api.gates(runtime)),
         Route("/api/stats", api.stats(runtime, hub)),
         Route("/api/schema", lambda r: JSONResponse(wire_schema())),
         Route("/metrics", api.metrics(runtime, hub)),
@@ -124,7 +126,7 @@ def create_app(runtime: Runtime) -> Starlette:
             page_available=(STATIC / "index.html").is_file,
         ),
         lifespan=lifespan,
-        exception_handlers={HTTPException: _json_error},
+        exception_handlers={HTTPException: _json_error, StoreUnavailableError: _store_away},
     )
     app.state.hub = hub
     app.state.runtime = runtime
@@ -133,6 +135,12 @@ def create_app(runtime: Runtime) -> Starlette:
     app.state.uploads = uploads
     app.state.write_audit = audit.flush
     return app
+
+
+async def _store_away(request: Request, exc: Exception) -> Response:
+    """The shared store is away (PostgreSQL restarting, the network cut): 503, try again;
+    recognition goes on with the gate's index meanwhile."""
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "2"})
 
 
 async def _json_error(request: Request, exc: Exception) -> Response:

@@ -1,8 +1,9 @@
 """What facegate publishes over MQTT, and the Home Assistant discovery that describes it.
 
-Pure: no I/O, no clock. Every function takes the `[mqtt]` settings (`MqttSettings`) and
-returns `Message`s (topic, payload bytes, retain, qos) that `server/mqtt.py` publishes as they
-are. The topics (P = topic_prefix, G = gate_id):
+Pure: no I/O, no clock. Every function takes the gate's MQTT configuration (`MqttConfig`: the
+`[mqtt]` settings and the gate's id, `gate.id`) and returns `Message`s (topic, payload bytes,
+retain, qos) that `server/mqtt.py` publishes as they are. The topics (P = topic_prefix,
+G = gate.id):
 
     P/G/availability            "online" / "offline", retained ("offline" is the last will)
     P/G/state                   retained JSON: state, person, person_id, similarity, since, gate
@@ -45,7 +46,7 @@ from facegate.events import (
     to_wire,
     type_name,
 )
-from facegate.settings import MqttSettings
+from facegate.settings import MqttSettings, Settings
 
 GateState = Literal["idle", "recognized", "stranger", "registering"]
 
@@ -68,6 +69,18 @@ MODEL: Final = "face gate"
 SLUG_MAX: Final = 64
 
 _encoder = msgspec.json.Encoder()
+
+
+class MqttConfig(MqttSettings, frozen=True, kw_only=True):
+    """The `[mqtt]` settings of one gate, with the gate's id (`gate.id`), which names its
+    topics, its client id and its Home Assistant device."""
+
+    gate_id: str = "gate"
+
+
+def mqtt_config(settings: Settings) -> MqttConfig:
+    """`settings.mqtt` with `settings.gate.id`."""
+    return MqttConfig(**msgspec.structs.asdict(settings.mqtt), gate_id=settings.gate.id)
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -110,7 +123,7 @@ def slug(name: str, fallback: str = "") -> str:
     return out or fallback
 
 
-def person_slug(cfg: MqttSettings, person_id: str, name: str) -> str:
+def person_slug(cfg: MqttConfig, person_id: str, name: str) -> str:
     """A person's slug: of the name, or the person id when names are not published (or the
     name has no letter or digit that survives `slug`)."""
     return slug(name, person_id) if cfg.publish_names else person_id
@@ -122,11 +135,11 @@ def event_type(event_type: str) -> str | None:
 
 
 # -- topics ------------------------------------------------------------------------------------
-def _discovery_prefix(cfg: MqttSettings) -> str:
+def _discovery_prefix(cfg: MqttConfig) -> str:
     return cfg.discovery_prefix.strip("/")
 
 
-def topics(cfg: MqttSettings) -> Topics:
+def topics(cfg: MqttConfig) -> Topics:
     p, g = cfg.topic_prefix, cfg.gate_id
     base = f"{p}/{g}"
     dp = _discovery_prefix(cfg)
@@ -147,12 +160,12 @@ def topics(cfg: MqttSettings) -> Topics:
     )
 
 
-def people_topic(cfg: MqttSettings, person_id: str, name: str) -> str:
+def people_topic(cfg: MqttConfig, person_id: str, name: str) -> str:
     """`P/people/<slug>` of a person."""
     return f"{topics(cfg).people}/{person_slug(cfg, person_id, name)}"
 
 
-def discovery_topic(cfg: MqttSettings, component: str, object_id: str) -> str:
+def discovery_topic(cfg: MqttConfig, component: str, object_id: str) -> str:
     """`<discovery>/<component>/facegate_G/<object_id>/config` ("" when discovery is off)."""
     dp = _discovery_prefix(cfg)
     if not dp:
@@ -165,7 +178,7 @@ def _json(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-def _device(cfg: MqttSettings, version: str | None) -> dict[str, Any]:
+def _device(cfg: MqttConfig, version: str | None) -> dict[str, Any]:
     device: dict[str, Any] = {
         "identifiers": [topics(cfg).node_id],
         "name": f"facegate {cfg.gate_id}",
@@ -183,7 +196,7 @@ def _origin(version: str | None) -> dict[str, Any]:
 
 
 def _config(
-    cfg: MqttSettings,
+    cfg: MqttConfig,
     component: str,
     object_id: str,
     entity: dict[str, Any],
@@ -240,7 +253,7 @@ LAST_PERSON_TEMPLATE: Final = (
 OCCUPANCY_TEMPLATE: Final = "{{ 'OFF' if value_json.state == 'idle' else 'ON' }}"
 
 
-def device_discovery(cfg: MqttSettings, version: str) -> list[Message]:
+def device_discovery(cfg: MqttConfig, version: str) -> list[Message]:
     """The retained discovery configs of the gate's device and its entities ([] when
     discovery_prefix is "")."""
     if not _discovery_prefix(cfg):
@@ -338,7 +351,7 @@ def _person_object(person_id: str) -> str:
     return f"person_{person_id}"
 
 
-def person_discovery(cfg: MqttSettings, person_id: str, name: str) -> list[Message]:
+def person_discovery(cfg: MqttConfig, person_id: str, name: str) -> list[Message]:
     """The retained config of the sensor "<Name> last gate" of one enrolled person, on the
     gate's device ([] when discovery is off). Named by the person id when names are not
     published."""
@@ -364,7 +377,7 @@ def person_discovery(cfg: MqttSettings, person_id: str, name: str) -> list[Messa
     return [config]
 
 
-def person_removed(cfg: MqttSettings, person_id: str, name: str) -> list[Message]:
+def person_removed(cfg: MqttConfig, person_id: str, name: str) -> list[Message]:
     """What erasing a person publishes: an empty retained config (Home Assistant removes the
     entity; only when discovery is on), then an empty retained payload on their people topic
     (the broker forgets the last seen). `name` is the person's name at erasure (it chose the
@@ -378,18 +391,18 @@ def person_removed(cfg: MqttSettings, person_id: str, name: str) -> list[Message
 
 
 # -- payloads from events ----------------------------------------------------------------------
-def availability(cfg: MqttSettings, online: bool) -> Message:
+def availability(cfg: MqttConfig, online: bool) -> Message:
     """`P/G/availability`, retained; `availability(cfg, False)` is also the last will."""
     return Message(topics(cfg).availability, b"online" if online else b"offline", True, cfg.qos)
 
 
-def recognition_state(cfg: MqttSettings, on: bool) -> Message:
+def recognition_state(cfg: MqttConfig, on: bool) -> Message:
     """`P/G/recognition`, retained "ON" / "OFF" (the switch's state)."""
     return Message(topics(cfg).recognition, b"ON" if on else b"OFF", True, cfg.qos)
 
 
 def state_payload(
-    cfg: MqttSettings,
+    cfg: MqttConfig,
     *,
     state: GateState,
     person: str | None,
@@ -410,14 +423,14 @@ def state_payload(
     return Message(topics(cfg).state, _json(body), True, cfg.qos)
 
 
-def event_message(cfg: MqttSettings, event: Event) -> Message:
+def event_message(cfg: MqttConfig, event: Event) -> Message:
     """`P/G/events`: the event's WebSocket JSON (names removed when not published)."""
     wire = to_wire(event)
     payload = wire if cfg.publish_names else redact_names(wire)
     return Message(topics(cfg).events, payload, False, cfg.qos)
 
 
-def people_payload(cfg: MqttSettings, event: PersonRecognized) -> Message:
+def people_payload(cfg: MqttConfig, event: PersonRecognized) -> Message:
     """`P/people/<slug>`, retained: where and when the person was last seen."""
     body = {
         "person_id": event.person_id,
@@ -429,13 +442,13 @@ def people_payload(cfg: MqttSettings, event: PersonRecognized) -> Message:
     return Message(people_topic(cfg, event.person_id, event.name), _json(body), True, cfg.qos)
 
 
-def snapshot_message(cfg: MqttSettings, jpeg: bytes) -> Message:
+def snapshot_message(cfg: MqttConfig, jpeg: bytes) -> Message:
     """`P/G/snapshot`: the JPEG bytes as they are, not retained."""
     return Message(topics(cfg).snapshot, jpeg, False, cfg.qos)
 
 
 def diagnostics_payload(
-    cfg: MqttSettings,
+    cfg: MqttConfig,
     *,
     processed_fps: float | None,
     frame_to_event_p95_ms: float | None,
@@ -456,7 +469,7 @@ def unix_time(iso: str) -> float:
 
 
 def frigate_payload(
-    cfg: MqttSettings, event: PersonRecognized | UnknownPersonDetected, now: float | None = None
+    cfg: MqttConfig, event: PersonRecognized | UnknownPersonDetected, now: float | None = None
 ) -> Message:
     """`P/tracked_object_update`, shaped like Frigate's face update:
     `{"type": "face", "id": "<G>-<track_id>", "name": name|null, "score": similarity,

@@ -152,7 +152,7 @@ class MqttBridge:
         version: str = __version__,
     ) -> None:
         """Raises MqttConfigError for an unusable `mqtt.url`."""
-        self.cfg = settings.mqtt
+        self.cfg = ha.mqtt_config(settings)  # [mqtt] with the gate's id (gate.id)
         self.address = parse_url(self.cfg.url)
         self.topics = ha.topics(self.cfg)
         self.bus = bus

@@ -20,10 +20,10 @@ import msgspec
 
 from facegate.identity.names import InvalidNameError
 from facegate.server import homeassistant as ha
+from facegate.server.homeassistant import MqttConfig
 from facegate.server.mqtt_outbox import Outbox
 from facegate.server.protocol import DecisionData
 from facegate.server.throttle import RateLimiter
-from facegate.settings import MqttSettings
 
 if TYPE_CHECKING:
     from facegate.live.engine import Engine
@@ -64,7 +64,7 @@ class Commands:
 
     def __init__(
         self,
-        cfg: MqttSettings,
+        cfg: MqttConfig,
         topics: ha.Topics,
         *,
         engine: Engine,

@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from facegate.server import homeassistant as ha
-from facegate.server.homeassistant import Message
+from facegate.server.homeassistant import Message, MqttConfig
 from facegate.server.mqtt_commands import QuietWarnings
 from facegate.server.mqtt_outbox import Outbox
 from facegate.server.mqtt_status import GateStatus, iso_time, now_iso
-from facegate.settings import MqttSettings
 
 if TYPE_CHECKING:
     from facegate.identity.gallery import Gallery
@@ -45,7 +44,7 @@ class Persons:
 
     def __init__(
         self,
-        cfg: MqttSettings,
+        cfg: MqttConfig,
         *,
         store: Store,
         gallery: Gallery,

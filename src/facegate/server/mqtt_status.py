@@ -29,8 +29,7 @@ from facegate.events import (
     UnknownPersonDetected,
 )
 from facegate.server import homeassistant as ha
-from facegate.server.homeassistant import Message
-from facegate.settings import MqttSettings
+from facegate.server.homeassistant import Message, MqttConfig
 from facegate.vision.face import ImageArray
 
 SNAPSHOT_MARGIN: Final = 0.25  # around the face box, in box sizes
@@ -115,7 +114,7 @@ class GateStatus:
     def busy(self) -> bool:
         return self.key.state != "idle"
 
-    def message(self, cfg: MqttSettings) -> Message:
+    def message(self, cfg: MqttConfig) -> Message:
         key = self.key
         person: str | None = None
         similarity: float | None = None

@@ -37,6 +37,7 @@ from facegate.identity.store import (
     Person,
     Store,
     StoreError,
+    StoreUnavailableError,
     UnknownPersonError,
 )
 from facegate.server.api import Handler, _iso, _json_body, error
@@ -83,12 +84,17 @@ def _person_dict(store: Store, p: Person) -> dict[str, Any]:
         "poses": p.poses,
         "created_at": _iso(p.created_at),
         "updated_at": _iso(p.updated_at),
-        "last_seen": None if seen is None else _iso(seen),
+        "last_seen": None if seen is None else _iso(seen.at),
+        "last_seen_gate": None if seen is None else seen.gate,  # the gate that saw them
     }
 
 
 def _person_json(runtime: Runtime, person_id: str) -> dict[str, Any]:
     return _person_dict(runtime.store, runtime.store.person(person_id))
+
+
+def _person_list(store: Store) -> list[dict[str, Any]]:
+    return [_person_dict(store, p) for p in store.persons()]
 
 
 async def _incomplete_multipart(request: Request) -> JSONResponse | None:
@@ -137,7 +143,7 @@ def persons(runtime: Runtime, uploads: UploadWorker) -> Handler:
     async def handler(request: Request) -> Response:
         store, gallery = runtime.store, runtime.gallery
         if request.method == "GET":
-            return JSONResponse([_person_dict(store, p) for p in store.persons()])
+            return JSONResponse(await asyncio.to_thread(_person_list, store))
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
         if (broken := await _incomplete_multipart(request)) is not None:
             return broken
@@ -168,7 +174,7 @@ def person_photos(runtime: Runtime, uploads: UploadWorker) -> Handler:
         store, gallery = runtime.store, runtime.gallery
         pid = request.path_params["person_id"]
         try:
-            store.person(pid)
+            await asyncio.to_thread(store.person, pid)
         except UnknownPersonError as exc:
             return error(str(exc), 404)
         limit = int(runtime.settings.server.max_upload_mb * 2**20)
@@ -288,8 +294,9 @@ def person(runtime: Runtime) -> Handler:
         gallery = runtime.gallery
         pid = request.path_params["person_id"]
         try:
+            # The store off the loop: a shared one answers over the network.
             if request.method == "GET":
-                return JSONResponse(_person_json(runtime, pid))
+                return JSONResponse(await asyncio.to_thread(_person_json, runtime, pid))
             if request.method == "PATCH":
                 body = await _json_body(request, RenameBody)
                 if isinstance(body, JSONResponse):
@@ -298,8 +305,8 @@ def person(runtime: Runtime) -> Handler:
                     name = clean_name(body.name)
                 except InvalidNameError as exc:
                     return error(f"`name`: {exc}", 400)
-                gallery.rename(pid, name, actor="api")
-                return JSONResponse(_person_json(runtime, pid))
+                await asyncio.to_thread(functools.partial(gallery.rename, pid, name, actor="api"))
+                return JSONResponse(await asyncio.to_thread(_person_json, runtime, pid))
             removed = await asyncio.to_thread(gallery.delete_person, pid, actor="api")
             return JSONResponse(
                 {"person_id": pid, "deleted": True, "embeddings": removed, "erased_on_disk": True}
@@ -310,6 +317,8 @@ def person(runtime: Runtime) -> Handler:
             return JSONResponse(
                 {"person_id": pid, "deleted": True, "erased_on_disk": False, "warning": str(exc)}
             )
+        except StoreUnavailableError:
+            raise  # 503 (app.py)
         except StoreError as exc:
             return error(str(exc), 400)
 
@@ -319,7 +328,9 @@ def person(runtime: Runtime) -> Handler:
 def thumbnail(runtime: Runtime) -> Handler:
     async def handler(request: Request) -> Response:
         try:
-            data = runtime.store.thumbnail(request.path_params["person_id"])
+            data = await asyncio.to_thread(
+                runtime.store.thumbnail, request.path_params["person_id"]
+            )
         except UnknownPersonError as exc:
             return error(str(exc), 404)
         if data is None:

@@ -72,6 +72,8 @@ def decode_client(raw: str | bytes) -> ClientMessage:
 
 # -- server -> client (replies) ----------------------------------------------------------------
 class Connected(Event, frozen=True, kw_only=True, tag="connected"):
+    """The first message on a socket; its `gate_id` is the gate the socket is on."""
+
     message: str
     current_event: str
     system_ready: bool

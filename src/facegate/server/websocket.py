@@ -81,6 +81,7 @@ def endpoint(
                 system_ready=runtime.engine is not None,
                 status=status,
                 role=role.label,
+                gate_id=runtime.settings.gate.id,  # the gate this socket is connected to
             ),
         )
         address = client_address(websocket.scope)
