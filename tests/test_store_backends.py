@@ -1108,3 +1108,62 @@ def test_a_url_that_is_not_postgres_is_refused(tmp_path: Path, url: str) -> None
         Store.open(tmp_path / "data", url=url)
     assert "s3cret-pw" not in str(info.value)
     assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+# -- a gate killed in the middle of a write --------------------------------------------------
+def _hold_a_half_written_person(url: str, data_dir: str, ready: str) -> None:
+    """A gate that writes a person and their embeddings, then hangs before committing."""
+    rng = np.random.default_rng(7)
+    store = Store.open(Path(data_dir), url=url, gate="doomed")
+    with store.enrolling() as enrolment:
+        enrolment.create_person(
+            "Half Written", [emb(unit(rng)) for _ in range(5)], pack=PACK, actor="t"
+        )
+        Path(ready).write_text("inside the transaction")
+        time.sleep(600)  # SIGKILLed here, the transaction open and the writer lock held
+
+
+def test_postgres_a_gate_killed_mid_write_leaves_nothing_and_frees_the_lock(
+    backend: Backend, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """kill -9 of a gate inside its transaction (rows written, writer lock held): PostgreSQL
+    rolls it back when the connection drops, and the other gates can write at once."""
+    if backend.kind != "postgresql":
+        pytest.skip("SQLite's kill -9 mid-write is tests/test_crash_safety.py's")
+    store = backend()  # the schema exists before the doomed gate starts
+    ready = tmp_path / "ready"
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(
+        target=_hold_a_half_written_person, args=(backend.url, str(tmp_path / "doomed"), str(ready))
+    )
+    proc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.is_alive() and time.monotonic() < deadline, "the doomed gate never wrote"
+            time.sleep(0.05)
+        # Meanwhile the other gate's write waits for the writer lock (it does not see the
+        # uncommitted rows, and does not get in between).
+        blocked: list[float] = []
+
+        def write() -> None:
+            t0 = time.monotonic()
+            store.create_person("After", [emb(unit(rng))], pack=PACK, actor="t")
+            blocked.append(time.monotonic() - t0)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(1.0)
+        assert not blocked, "a write got past another gate's writer lock"
+        proc.kill()
+        proc.join(10)
+        writer.join(15)
+        assert blocked and blocked[0] >= 1.0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+    assert [p.name for p in store.persons()] == ["After"]
+    assert count(store, "embeddings") == 1
+    assert count(store, "audit", "action = 'enrol'") == 1
+    assert store.generation() == 1
