@@ -155,7 +155,7 @@ class Gallery:
         # what is read or not, and in both cases comes through `apply` again (idempotent).
         generation = self.store.generation()
         vectors = self.store.vectors()
-        names = {p.id: p.name for p in self.store.persons()}
+        names = self.store.names()
         dim = self.store.dim() or 512
         person_of = dict(zip(vectors.ids.tolist(), vectors.person_ids, strict=True))
         ids_of: dict[str, set[int]] = {}

@@ -250,6 +250,10 @@ class Store:
             raise UnknownPersonError(person_id)
         return _person(rows[0])
 
+    def names(self) -> dict[str, str]:
+        """Every person's name by id (what an index needs; cheaper than `persons`)."""
+        return {str(r[0]): str(r[1]) for r in self._db.query("SELECT id, name FROM persons")}
+
     def find_person(self, person_id: str) -> Person | None:
         """The person, or None when there is no such person (any more)."""
         try:
