@@ -407,6 +407,10 @@ def test_enrolled_at_a_is_recognised_at_b_and_in_the_shared_history(pair: Pair) 
         # Both gates' person lists say where he was last seen.
         detail = b.json(f"/api/persons/{person_id}")
         assert detail["last_seen"] is not None and detail["last_seen_gate"] in {"a", "b"}
+        # b followed a's enrolment change by change, at a's generation, no password shown.
+        store = b.json("/api/stats")["store"]
+        assert store["kind"] == "postgresql" and store["changes_followed"] >= 1, store
+        assert store["generation"] == a.json("/api/stats")["store"]["generation"] >= 1
 
 
 def test_erased_at_b_is_gone_at_a(pair: Pair) -> None:

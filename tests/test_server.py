@@ -561,6 +561,9 @@ def test_stats(client: TestClient) -> None:
     assert {"monitor", "websocket_connections", "persons", "embeddings", "bus"} <= stats.keys()
     assert stats["persons"] == 0 and stats["websocket_connections"] == 0
     assert "source_state" in stats["monitor"]
+    store = stats["store"]
+    assert store["kind"] == "sqlite" and store["where"].endswith("facegate.db")
+    assert store["generation"] == 0 and store["reloads"] == 0
 
 
 def test_schema_is_the_json_schema_of_the_events(client: TestClient) -> None:
