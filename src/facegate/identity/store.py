@@ -277,8 +277,10 @@ class Store:
         if person_id is not None:
             sql += " WHERE person_id = ?"
             params = (person_id,)
-        rows = self._db.query(sql + " ORDER BY id", params)
-        return read_vectors(rows, self.dim() or 0, self.where)
+        # Put in order here, not by the database: PostgreSQL would sort every vector's bytes
+        # (an external sort at 100k embeddings), where the ids alone are enough.
+        rows = self._db.query(sql, params)
+        return read_vectors(rows, self.dim() or 0, self.where, ordered=True)
 
     def dim(self) -> int | None:
         value = self.meta("embedding_dim")

@@ -171,21 +171,27 @@ def checked_vector(vector: npt.NDArray[np.float32], dim: int) -> npt.NDArray[np.
     return v
 
 
-def read_vectors(rows: Sequence[tuple[Any, ...]], dim: int, where: str) -> Vectors:
-    """`(id, person_id, vector bytes)` rows as Vectors, refusing damaged ones: neither SQLite
-    nor PostgreSQL checksums row data, so a damaged vector would be returned as is."""
-    bad = [r[0] for r in rows if len(r[2]) != dim * 4]
+def read_vectors(
+    rows: Sequence[tuple[Any, ...]], dim: int, where: str, *, ordered: bool = False
+) -> Vectors:
+    """`(id, person_id, vector bytes)` rows as Vectors (`ordered`: sorted by id), refusing
+    damaged ones: neither SQLite nor PostgreSQL checksums row data, so a damaged vector would
+    be returned as is."""
+    size = dim * 4
+    bad = [r[0] for r in rows if len(r[2]) != size]
     if bad:
         raise StoreError(f"{where}: embedding rows {bad[:5]} have the wrong size (damaged)")
-    blob = b"".join(bytes(r[2]) for r in rows)
+    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    order = np.argsort(ids, kind="stable") if ordered else np.arange(len(rows))
+    blob = b"".join(rows[i][2] for i in order.tolist())
     matrix = np.frombuffer(blob, "<f4").astype(np.float32).reshape(len(rows), dim)
-    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
     damaged = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-3))
     if damaged.size:
-        ids = [rows[i][0] for i in damaged[:5].tolist()]
-        raise StoreError(f"{where}: embedding rows {ids} are damaged (not unit vectors)")
+        bad_ids = ids[order[damaged[:5]]].tolist()
+        raise StoreError(f"{where}: embedding rows {bad_ids} are damaged (not unit vectors)")
     return Vectors(
-        ids=np.array([r[0] for r in rows], np.int64),
-        person_ids=[r[1] for r in rows],
+        ids=ids[order],
+        person_ids=[rows[i][1] for i in order.tolist()],
         matrix=matrix,
     )
