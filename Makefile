@@ -74,6 +74,8 @@ bench:
 	$(PY) bench/greeting.py
 	# MQTT through a real Mosquitto: event -> message latency; engine fps with MQTT off/on/broker down.
 	$(PY) bench/mqtt.py
+	# Liveness: how far landmarks of real head turns and of photo/screen attacks are from a plane.
+	$(PY) bench/liveness.py
 	# Gates sharing one PostgreSQL store: change propagation, start-up vs SQLite, 4 gates enrolling.
 	$(PY) bench/gates.py
 	# A peer side by side: face_recognition 1.3 (dlib) in its own venv under ~/.cache/facegate.

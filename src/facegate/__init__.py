@@ -47,6 +47,12 @@ Around them: `settings` (typed configuration), `live.monitor` (frame rates, late
 `live.unknowns` (recent strangers, for the operator), `vision.scene` (scene cuts),
 `identity.verification` (threshold calibration on photo pairs), `vision.modelpack` (model
 files), `server` (HTTP, WebSocket, panel) and `cli` (the `facegate` command).
+
+Liveness (being built): `live.liveness` (the challenge, a pure state machine: a random head
+turn and back), `vision.planarity` (whether landmarks moved as a plane: a photo or a screen),
+`vision.passive_liveness` (the pack's anti-spoofing model, an uncalibrated score).
+Several gates share one store through `identity.store_postgres`; `identity.follower` keeps a
+gate's index in step with the others.
 """
 
 __version__ = "0.1.0"

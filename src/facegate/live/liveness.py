@@ -8,7 +8,8 @@ returns. It passes only if, on the same track without a detection gap,
 - the pose reaches the target window (measured from the person's own front at the start) and
   comes back to the front, within `challenge_seconds`;
 - the 68 landmarks moved between the front and the turned view in a way one homography does
-  not explain (`vision.planarity`): a flat photo or screen moves as a plane;
+  not explain (`vision.planarity`; the median over the turned views): a flat photo or screen
+  moves as a plane;
 - the turned and returned views are still the same person as the front (embedding similarity).
 
     idle --Start--> front (a steady front view to measure from) --> turning (target window)
@@ -122,7 +123,7 @@ class Verdict:
     person_id: str | None
     passed: bool
     reason: str  # passed | timeout | track_lost | identity_changed | planar
-    residual: float | None
+    residual: float | None  # the median planarity score of the turned views (None: no turn)
     seconds: float
 
 
@@ -142,7 +143,7 @@ class State:
     front_pitch: float = 0.0
     front_landmarks: npt.NDArray[np.float32] | None = None
     front_embedding: npt.NDArray[np.float32] | None = None
-    residual: float | None = None  # of the most turned view so far
+    scores: tuple[float, ...] = ()  # planarity of each view inside the target window
 
 
 def target(state: State, cfg: Config) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -232,16 +233,10 @@ def _view(
         return state, [asked]
     (y0, y1), (p0, p1) = target(state, cfg)
     assert state.front_landmarks is not None
-    if state.phase is Phase.TURNING:
-        if y0 <= view.yaw <= y1 and p0 <= view.pitch <= p1:
-            residual = residual_of(state.front_landmarks, view.landmarks)
-            return replace(state, phase=Phase.RETURNING, residual=residual), []
-        return state, []
-    # RETURNING: the most turned view's residual is kept while the head comes back.
     if y0 <= view.yaw <= y1 and p0 <= view.pitch <= p1:
-        residual = residual_of(state.front_landmarks, view.landmarks)
-        if state.residual is None or residual > state.residual:
-            state = replace(state, residual=residual)
+        score = residual_of(state.front_landmarks, view.landmarks)
+        return replace(state, phase=Phase.RETURNING, scores=(*state.scores, score)), []
+    if state.phase is Phase.TURNING:
         return state, []
     back = (
         abs(view.yaw - state.front_yaw) <= cfg.front_degrees
@@ -249,9 +244,14 @@ def _view(
     )
     if not back:
         return state, []
-    if state.residual is None or state.residual <= cfg.planarity_cutoff:
+    # The median over the turned views: one odd landmark fit neither passes nor fails it.
+    if _residual(state) <= cfg.planarity_cutoff:
         return _end(state, now, False, "planar")
     return _end(state, now, True, "passed")
+
+
+def _residual(state: State) -> float:
+    return float(np.median(state.scores)) if state.scores else 0.0
 
 
 def _end(state: State, now: float, passed: bool, reason: str) -> tuple[State, list[Effect]]:
@@ -260,7 +260,7 @@ def _end(state: State, now: float, passed: bool, reason: str) -> tuple[State, li
         state.person_id,
         passed,
         reason,
-        state.residual,
+        _residual(state) if state.scores else None,
         round(now - state.started, 3),
     )
     return State(), [verdict]
