@@ -134,6 +134,36 @@ def test_a_person_created_at_a_is_identified_at_b_within_a_second(
     assert follower.reconnections == 0
 
 
+def test_a_follower_survives_a_failure_while_applying_a_change(
+    gates: Callable[[str], Gate],
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected error while applying one change (a bug) is logged; the follower
+    reconnects, resyncs by generation, and follows the changes after it."""
+    a, b = gates("a"), gates("b")
+    follower = b.follow()
+    wait_for(lambda: follower.connected, 2.0, "B listening")
+    real_apply = b.gallery.apply
+    failed: list[object] = []
+
+    def apply_once_broken(change: Any) -> bool:
+        if change is not None and not failed:
+            failed.append(change)
+            raise RuntimeError("a bug while applying")
+        return real_apply(change)
+
+    monkeypatch.setattr(b.gallery, "apply", apply_once_broken)
+    v, w = unit(rng), unit(rng)
+    first = a.gallery.create_person("First", [emb(v)], actor="a")
+    # The failed change is found again by the generation comparison after reconnecting.
+    wait_for(lambda: b.who(v) == first.id, 5.0, "B recovers the change it failed on")
+    second = a.gallery.create_person("Second", [emb(w)], actor="a")
+    wait_for(lambda: b.who(w) == second.id, 2.0, "B follows the next change")
+    assert failed and "gallery follower failed" in caplog.text
+
+
 def test_a_rename_at_a_reaches_b(gates: Callable[[str], Gate], rng: np.random.Generator) -> None:
     a, b = gates("a"), gates("b")
     b.follow()

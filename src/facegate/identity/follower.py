@@ -57,3 +57,7 @@ class GalleryFollower:
                 self.connected = False
                 log.warning("gallery not followed for a moment: %s", exc)
                 self._stop.wait(1.0)
+            except Exception:  # a bug must not end the following for good: say it, go on
+                self.connected = False
+                log.exception("gallery follower failed; reconnecting and reloading")
+                self._stop.wait(1.0)
