@@ -49,6 +49,10 @@ MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes: past it, "relo
 CONNECT_SECONDS = 10.0
 # How long a query waits for a pooled connection (the database away: fail, don't hang).
 POOL_WAIT_SECONDS = 3.0
+# The pool retries a lost connection with a doubling delay (1, 2, 4, ... s) for this long, then
+# gives up and the next query connects afresh: a database back after an outage is used again
+# within seconds, not after the next step of a long backoff.
+POOL_RETRY_SECONDS = 4.0
 # Tables whose rows hold a person's data; VACUUM (FULL) after an erasure.
 ERASED_TABLES = ("persons", "embeddings", "thumbnails", "events")
 PING_SECONDS = 5.0  # a quiet listening connection is checked this often
@@ -146,6 +150,7 @@ class PostgresDatabase:
             open=False,
             check=psycopg_pool.ConnectionPool.check_connection,
             timeout=CONNECT_SECONDS,
+            reconnect_timeout=POOL_RETRY_SECONDS,
             name="facegate-store",
         )
         try:
