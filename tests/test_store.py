@@ -28,40 +28,18 @@ from facegate.identity.store import (
     LOCK_NAME,
     MIGRATIONS,
     SCHEMA_VERSION,
-    NewEmbedding,
     Store,
     StoreError,
     StoreLockedError,
     UnknownPersonError,
 )
+from synthetic import FakeClock, emb, unit
 
 PACK = "faceplugin"
 DIM = 512
 
 
 # -- helpers ---------------------------------------------------------------------------------
-class FakeClock:
-    """A clock that ticks one second per call: deterministic timestamps and ordering."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def unit(rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
-    v = rng.standard_normal(dim).astype(np.float32)
-    return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-def emb(
-    v: np.ndarray, pose: str = "front", quality: float = 0.9, source: Any = "photo"
-) -> NewEmbedding:
-    return NewEmbedding(vector=v, pose=pose, quality=quality, source=source)
-
-
 def files_containing(directory: Path, needle: bytes) -> list[str]:
     """Every regular file under `directory` (db, -wal, -shm, lock, anything) holding `needle`."""
     assert needle

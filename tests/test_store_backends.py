@@ -34,12 +34,12 @@ from facegate.identity.store import (
     GateActivity,
     LastSeen,
     LoggedEvent,
-    NewEmbedding,
     Store,
     StoreError,
     UnknownPersonError,
 )
 from postgres import PostgresServer, free_port
+from synthetic import FakeClock, emb, unit
 
 PACK = "faceplugin"
 DIM = 512
@@ -47,28 +47,6 @@ T0 = 1_700_000_000.0
 
 
 # -- helpers ---------------------------------------------------------------------------------
-class FakeClock:
-    """Ticks one second per call: deterministic timestamps and ordering."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def unit(rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
-    v = rng.standard_normal(dim).astype(np.float32)
-    return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-def emb(
-    v: np.ndarray, pose: str = "front", quality: float = 0.9, source: Any = "photo"
-) -> NewEmbedding:
-    return NewEmbedding(vector=v, pose=pose, quality=quality, source=source)
-
-
 class Backend:
     """Opens stores of one backend; every store it opened is closed after the test."""
 
