@@ -13,6 +13,9 @@ import pytest
 from facegate.events import (
     REGISTRATION,
     Event,
+    LivenessChallenge,
+    LivenessPoseFeedback,
+    LivenessResult,
     PersonLeftArea,
     PersonRecognized,
     RegistrationComplete,
@@ -133,7 +136,26 @@ def test_slow_subscriber_loses_its_own_oldest_only() -> None:
 
 
 def test_never_dropped_events() -> None:
-    assert set(NEVER_DROPPED) == {*REGISTRATION, UnknownPersonDetected}
+    assert set(NEVER_DROPPED) == {
+        *REGISTRATION,
+        UnknownPersonDetected,
+        LivenessChallenge,
+        LivenessResult,
+    }
+    verdict = LivenessResult(
+        passed=False, reason="planar", message="m", cutoff=0.1, seconds=1.0, access="denied"
+    )
+    assert not droppable(verdict) and droppable(
+        LivenessPoseFeedback(
+            direction="left",
+            phase="turn",
+            yaw=0.0,
+            pitch=0.0,
+            target_yaw=[-90.0, -25.0],
+            target_pitch=[-90.0, 90.0],
+            seconds_left=3.0,
+        )
+    )
     assert not droppable(unknown(1)) and not droppable(start())
     assert droppable(recognized(1)) and droppable(PersonLeftArea())
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 BBoxList = list[float]
+Access = Literal["granted", "denied", "pending"]
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -62,6 +63,9 @@ class PersonRecognized(FaceEvent, frozen=True, kw_only=True, tag="person_recogni
     # How the identity was settled: "vote" (identified in the live video), "registration"
     # (this face was just registered as the person).
     via: str = "vote"
+    # What a door should do: "granted", or "pending" while the liveness challenge
+    # (`[liveness] challenge`) runs: its `liveness_result` then grants or denies.
+    access: Access = "granted"
 
 
 class UnknownPersonDetected(FaceEvent, frozen=True, kw_only=True, tag="unknown_person_detected"):
@@ -180,6 +184,56 @@ class RegistrationCancelled(Event, frozen=True, kw_only=True, tag="registration_
     next_step: str = ""
 
 
+# -- liveness (live/challenge.py) ------------------------------------------------------------
+class LivenessChallenge(FaceEvent, frozen=True, kw_only=True, tag="liveness_challenge"):
+    """The person on `track_id` is asked to turn their head (a photo or a screen cannot)."""
+
+    person_id: str | None = None  # None: an unknown face (`challenge = "always"`)
+    name: str | None = None
+    direction: Literal["left", "right", "up", "down"]
+    instruction: str  # in the person's own terms
+    message: str
+    # The windows the turn must reach, in absolute degrees (from the person's front).
+    target_yaw: list[float]
+    target_pitch: list[float]
+    timeout_seconds: float  # the whole challenge, from the greeting
+
+
+class LivenessPoseFeedback(FaceEvent, frozen=True, kw_only=True, tag="liveness_pose_feedback"):
+    """The challenged face's pose, a few times a second (like registration_pose_feedback)."""
+
+    person_id: str | None = None
+    direction: Literal["left", "right", "up", "down"]
+    phase: Literal["turn", "return"]  # turning toward the target, or coming back to the front
+    yaw: float | None
+    pitch: float | None
+    target_yaw: list[float]
+    target_pitch: list[float]
+    seconds_left: float
+    hint: str | None = None  # what to do now, in the person's own terms
+
+
+class LivenessResult(FaceEvent, frozen=True, kw_only=True, tag="liveness_result"):
+    """How the challenge ended, and what a door should do."""
+
+    person_id: str | None = None
+    name: str | None = None
+    passed: bool
+    # passed | planar (moved as a flat picture) | timeout | track_lost (a detection gap or
+    # the face left) | identity_changed (another face, or the identity changed)
+    reason: str
+    message: str
+    # The median planarity score of the turned views (None: the turn was never reached) and
+    # the cut-off it was compared with: at or below it the face moved as a plane.
+    residual: float | None = None
+    cutoff: float
+    seconds: float  # from the greeting to the verdict (stream time)
+    # fr_liveness.onnx's P(live) on the front view: uncalibrated, decides nothing.
+    passive_score: float | None = None
+    access: Access  # granted (a known person who passed) or denied
+    next_step: str = ""
+
+
 AnyEvent = (
     SystemReady
     | PersonRecognized
@@ -195,6 +249,9 @@ AnyEvent = (
     | RegistrationComplete
     | RegistrationFailed
     | RegistrationCancelled
+    | LivenessChallenge
+    | LivenessPoseFeedback
+    | LivenessResult
 )
 
 # Registration events are never dropped by the bus (see live.bus.NEVER_DROPPED).
@@ -229,6 +286,10 @@ class TrackView(msgspec.Struct, frozen=True, kw_only=True):
     # The face's similarity to `person_id` when known, else its best similarity to anyone
     # known (None before its first identification or with an empty gallery).
     similarity: float | None = None
+    # The liveness challenge of this face (None: none asked): waiting (its turn comes),
+    # asked (`instruction` says what to do), passed, failed.
+    liveness: Literal["waiting", "asked", "passed", "failed"] | None = None
+    instruction: str | None = None
 
 
 class Tracks(Event, frozen=True, kw_only=True, tag="tracks"):

@@ -196,6 +196,37 @@ class RegistrationSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_o
                 raise ValueError(f"poses.{name}: each window is [min, max]")
 
 
+LivenessDirection = Literal["left", "right", "up", "down"]
+
+
+class LivenessSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The head-turn challenge (live/challenge.py): a photo or a screen cannot make the turn."""
+
+    # off | known (recognised people must turn their head before access is granted) | always
+    # (unknown faces too: a face is offered for registration only once it has passed).
+    challenge: Literal["off", "known", "always"] = "off"
+    # The turn must be made and come back within this long of the greeting (stream seconds).
+    challenge_seconds: Annotated[float, Meta(ge=1.0, le=120.0)] = 8.0
+    # Turns asked, one chosen at random per challenge. Up/down are weaker: real heads read a
+    # 25 deg tilt far less reliably than a turn, and a photo tilted away can read as one.
+    directions: Annotated[list[LivenessDirection], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["left", "right"]
+    )
+    # How far the head must turn from the person's own front, and how close to that front it
+    # must come back (degrees).
+    turn_degrees: Annotated[float, Meta(ge=10.0, le=60.0)] = 25.0
+    return_degrees: Annotated[float, Meta(ge=3.0, le=30.0)] = 12.0
+    # Planarity score (vision.planarity) at or below which the landmarks moved as a plane.
+    planarity_cutoff: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.128
+    # Every view during the challenge must match the front view at least this much (one face
+    # throughout; Pointing'04: the same person front vs 30-45 deg turns 0.51-0.79, different
+    # persons at most 0.35).
+    identity_threshold: Cosine = 0.4
+    # Run the pack's passive liveness model (fr_liveness.onnx) on the challenged face and
+    # report its score. Uncalibrated: it decides nothing.
+    passive_score: bool = True
+
+
 class EventLogSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Events (never frames or vectors) kept in the store for history queries.
     enabled: bool = True
@@ -337,6 +368,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     events: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
     registration: RegistrationSettings = msgspec.field(default_factory=RegistrationSettings)
+    liveness: LivenessSettings = msgspec.field(default_factory=LivenessSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
 

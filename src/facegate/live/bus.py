@@ -9,8 +9,9 @@ queue.
 Back-pressure never reaches the publisher. When the intake is full (the loop is starved) the
 oldest droppable event in it is dropped (`dropped_before_dispatch`); when a subscriber's queue is
 full, that subscriber loses its own oldest droppable event (`Subscription.dropped`) and nobody
-else is affected. Events in `NEVER_DROPPED` (every registration event, and `UnknownPersonDetected`,
-which starts a registration) are never dropped: if a queue holds nothing droppable, the new event
+else is affected. Events in `NEVER_DROPPED` (every registration event, `UnknownPersonDetected`,
+which starts a registration, and the liveness challenge and its result, which a door acts on) are
+never dropped: if a queue holds nothing droppable, the new event
 is appended anyway and the queue exceeds its bound rather than losing it. A droppable event that
 arrives at a queue full of never-dropped ones is itself the oldest droppable and is dropped.
 Each subscriber sees the events in publication order, minus the ones it lost.
@@ -31,7 +32,12 @@ from typing import Any
 from facegate import events
 from facegate.events import Event
 
-NEVER_DROPPED: tuple[type[Event], ...] = (*events.REGISTRATION, events.UnknownPersonDetected)
+NEVER_DROPPED: tuple[type[Event], ...] = (
+    *events.REGISTRATION,
+    events.UnknownPersonDetected,
+    events.LivenessChallenge,
+    events.LivenessResult,
+)
 
 
 def droppable(event: Event) -> bool:

@@ -14,7 +14,7 @@ returns. It passes only if, on the same track without a detection gap,
 
     idle --Start--> front (a steady front view to measure from) --> turning (target window)
          --> returning (back to the front) --> passed | failed -> idle
-    any --timeout / gap / identity changed / planar--> failed -> idle;  any --Reset--> idle
+    any --timeout / gap / identity changed / planar / Abort--> failed -> idle;  any --Reset--> idle
 
 Illegal transitions raise `IllegalTransitionError`.
 """
@@ -90,6 +90,14 @@ class Missed:
 
 
 @dataclass(frozen=True)
+class Abort:
+    """The runtime ends the challenge (e.g. the track's identity changed): it fails."""
+
+    track_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Tick:
     pass
 
@@ -99,7 +107,7 @@ class Reset:
     pass
 
 
-Input = Start | View | Missed | Tick | Reset
+Input = Start | View | Missed | Abort | Tick | Reset
 
 
 # -- what comes out --------------------------------------------------------------------------
@@ -188,6 +196,10 @@ def step(
             if state.phase is Phase.IDLE or track != state.track_id:
                 return state, []
             return _end(state, now, False, "track_lost")
+        case Abort(track_id=track, reason=reason):
+            if state.phase is Phase.IDLE or track != state.track_id:
+                return state, []
+            return _end(state, now, False, reason)
         case View() as view:
             return _view(state, view, now, cfg, residual_of)
     raise IllegalTransitionError(f"{type(event).__name__} in {state.phase}")

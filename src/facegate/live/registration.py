@@ -110,6 +110,9 @@ class Observation:
     bbox: tuple[float, float, float, float] | None = None
     quality: float = 0.0  # 0..1, see vision.quality.quality_score
     frame_time: float | None = None  # stream time of the frame (None: use the runtime's clock)
+    # The 68 iBUG landmarks (frame pixels) where the analyzer has them: the planarity check
+    # between the front and the turned captures (a photo swept in front of the camera).
+    landmarks: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
