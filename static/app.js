@@ -4,7 +4,10 @@ import { api, connectSocket } from "./api.js";
 import { initGauge } from "./gauge.js";
 import { initGallery, refreshGallery, onPersons, confirmDelete } from "./gallery.js";
 import { $, make, feed, describe, role, setThisGate, atOtherGate } from "./ui.js";
-import { initOverlay, onTracks, setCameraOk, currentTrack, pictureSwitching, pictureShown } from "./overlay.js";
+import {
+  initOverlay, onTracks, setCameraOk, currentTrack, pictureSwitching, pictureShown,
+  onLivenessChallenge, onLivenessFeedback, onLivenessResult,
+} from "./overlay.js";
 import { initVideo } from "./video.js";
 import * as register from "./register.js";
 import * as capture from "./capture.js";
@@ -88,11 +91,16 @@ function afterRegistration(d, { cancelled }) {
  *  from person_left_area: a face missed for a frame or two has not left). */
 function presenceFromTracks(tracks) {
   if (!Array.isArray(tracks) || !tracks.length) return;
-  const names = [...new Set(tracks.filter((t) => t.state === "known" && t.name).map((t) => t.name))];
-  const others = tracks.length - tracks.filter((t) => t.state === "known" && t.name).length;
+  const known = tracks.filter((t) => t.state === "known" && t.name);
+  const names = [...new Set(known.map((t) => t.name))];
+  const others = tracks.length - known.length;
   if (names.length) {
     const who = names.length === 1 ? names[0] : `${names.slice(0, -1).join(", ")} and ${names.at(-1)}`;
-    setPresence(`${who} recognized` + (others ? ` (+${others} not identified)` : ""));
+    // Recognized is not welcome: while the liveness check runs, or after it failed, say so.
+    const live = known.some((t) => t.liveness === "asked" || t.liveness === "waiting") ? " — checking liveness…"
+      : known.some((t) => t.liveness === "failed") ? " — not live, access denied"
+        : known.some((t) => t.liveness === "passed") ? " — live, access granted" : "";
+    setPresence(`${who} recognized${live}` + (others ? ` (+${others} not identified)` : ""));
   } else if (tracks.some((t) => t.state === "registering")) {
     setPresence("Registering a new person");
   } else if (tracks.some((t) => t.state === "unknown")) {
@@ -126,7 +134,7 @@ const handlers = {
   },
   person_recognized(d) {
     logEvent("person_recognized", d);
-    setPresence(`${d.name} recognized`);
+    setPresence(`${d.name} recognized` + (d.access === "pending" ? " — checking liveness…" : ""));
     refreshUnknowns(); // a stranger who was just registered is one no more
   },
   unknown_person_detected(d) {
@@ -140,6 +148,17 @@ const handlers = {
     if (d.name) setPresence(`${d.name} left the area`);
     else if (d.show_waiting_message !== false) setPresence("Waiting for a person…");
     refreshUnknowns();
+  },
+  liveness_challenge(d) {
+    onLivenessChallenge(d);
+    logEvent("liveness_challenge", d);
+  },
+  liveness_pose_feedback: (d) => onLivenessFeedback(d),
+  liveness_result(d) {
+    onLivenessResult(d);
+    logEvent("liveness_result", d);
+    const who = d.name || (d.track_id != null ? `Face #${d.track_id}` : "The face");
+    setPresence(d.passed ? `${who}: live — access ${d.access === "granted" ? "granted" : "denied"}` : `${who}: not live — access denied`);
   },
   source_status(d) {
     const changed = d.state !== cam.state;
@@ -250,7 +269,7 @@ $("reset").addEventListener("click", () => {
 initGauge($("pose-gauge"));
 capture.initCapture();
 register.initRegister({ send: (type, data) => sock.send(type, data), showResult: capture.showResult });
-initOverlay({ canvasEl: $("overlay"), imgEl: $("video"), buttonLayer: $("overlay-buttons"), register: registerTrack });
+initOverlay({ canvasEl: $("overlay"), imgEl: $("video"), buttonLayer: $("overlay-buttons"), notesEl: $("overlay-notes"), register: registerTrack });
 initGallery((text, kind = "system") => feed(text, kind), (p) => openPerson(p));
 onPersons(setHistoryPersons);
 initPerson({ changed: () => refreshGallery(), confirmErase: confirmDelete });

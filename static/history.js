@@ -12,11 +12,13 @@ const NEWEST = "9223372036854775807"; // before= this: the newest page (2^63 - 1
 const ALL = ["person_recognized", "unknown_person_detected", "person_left_area", "source_status", "system_ready",
   "registration_waiting", "registration_approved", "registration_start", "registration_angle_instruction",
   "registration_pose_feedback", "registration_angle_complete", "registration_complete", "registration_failed",
-  "registration_cancelled"];
+  "registration_cancelled", "liveness_challenge", "liveness_pose_feedback", "liveness_result"];
+const POSE_READINGS = new Set(["registration_pose_feedback", "liveness_pose_feedback"]);
 const TYPES = [ // the first is the default: the pose readings (several a second) hide the rest
-  [ALL.filter((t) => t !== "registration_pose_feedback").join(), "All events but pose readings"],
+  [ALL.filter((t) => !POSE_READINGS.has(t)).join(), "All events but pose readings"],
   ["", "All events"],
   ["person_recognized", "Recognized"],
+  ["liveness_challenge,liveness_result", "Liveness checks"],
   ["unknown_person_detected", "Unknown person"],
   ["person_left_area", "Left the area"],
   ["registration_complete,registration_failed,registration_cancelled", "Registration outcomes"],
@@ -113,7 +115,7 @@ function olderCursor(last) {
 
 /** A live event arrived: the newest page shows it (one reload per burst). */
 export function historyNoticed(type) {
-  if (NOT_HISTORY.has(type) || type === "registration_pose_feedback" || state.cursors.length > 1) return;
+  if (NOT_HISTORY.has(type) || POSE_READINGS.has(type) || state.cursors.length > 1) return;
   clearTimeout(followTimer);
   followTimer = setTimeout(() => load(), 800);
 }

@@ -114,11 +114,54 @@ export function reasonWords(reason, d) {
   return REASON_WORDS[r] || r.replace(/_/g, " ") || "unknown reason";
 }
 
+// ---------------------------------------------------------------- liveness
+// The head-turn challenge (issue 15): a known face opens the door only once it turned like a
+// real head; a photo or a screen cannot. The words the panel uses for its verdicts:
+const LIVENESS_REASON_WORDS = {
+  passed: "turned like a real head",
+  planar: "moved like a photo or screen",
+  timeout: "did not turn in time",
+  track_lost: "face lost during the check",
+  identity_changed: "another face during the check",
+};
+export function livenessReason(reason) {
+  const r = String(reason || "");
+  return LIVENESS_REASON_WORDS[r] || r.replace(/_/g, " ") || "unknown reason";
+}
+
+/** A planarity score or its cut-off: up to three significant digits ("0.21", "0.128"). */
+export const fig = (v) => (isNum(v) ? String(Number(v.toPrecision(3))) : "?");
+
+/** "score 0.21 > cut-off 0.128, 2.4 s" (no score when the turn was never reached). */
+export function livenessFigures(d) {
+  const parts = [];
+  if (isNum(d.residual)) {
+    parts.push(`score ${fig(d.residual)}` + (isNum(d.cutoff) ? ` ${d.residual > d.cutoff ? ">" : "≤"} cut-off ${fig(d.cutoff)}` : ""));
+  }
+  if (isNum(d.seconds)) parts.push(`${d.seconds.toFixed(1)} s`);
+  return parts.join(", ");
+}
+
+/** The challenged person, as the feed names them: "Ada", "face #3". */
+const challenged = (d) => d.name || (d.track_id != null ? `face #${d.track_id}` : "the face");
+
+/** "Live ✓ Ada — access granted (score 0.21 > cut-off 0.128, 2.4 s)"
+ *  "Not live ✗ Ada: moved like a photo or screen — access denied (score 0.05 ≤ cut-off 0.128, 3.1 s)" */
+export function livenessText(d) {
+  const figures = livenessFigures(d);
+  const access = d.access === "granted" ? " — access granted" : d.access === "denied" ? " — access denied" : "";
+  const verdict = d.passed ? `Live ✓ ${challenged(d)}` : `Not live ✗ ${challenged(d)}: ${livenessReason(d.reason)}`;
+  return verdict + access + (figures ? ` (${figures})` : "");
+}
+
 /** One line for any event, as the feed and the history show it: [text, kind]. */
 export function describe(type, d) {
   const face = d.track_id != null ? ` (face #${d.track_id})` : "";
   switch (type) {
-    case "person_recognized": return [recognizedText(d), "known"];
+    case "person_recognized":
+      if (d.access === "pending") return [`${recognizedText(d)} — checking liveness…`, "checking"];
+      if (d.access === "denied") return [`${recognizedText(d)} — access denied`, "error"];
+      return [recognizedText(d), "known"];
     case "unknown_person_detected": return [unknownText(d), "unknown"];
     case "person_left_area": return [`${d.name || "Unknown person"} left the area`, "left"];
     case "source_status": return [`Camera ${d.state}: ${d.message || d.source || ""}`, d.state === "connected" ? "system" : "error"];
@@ -134,6 +177,16 @@ export function describe(type, d) {
     case "registration_complete": return [d.message || `Registered ${d.name}`, "success"];
     case "registration_failed": return [`Registration failed: ${reasonWords(d.reason, d)}`, "error"];
     case "registration_cancelled": return [`Registration cancelled: ${reasonWords(d.reason, d)}`, "cancelled"];
+    case "liveness_challenge":
+      return [`Liveness check for ${challenged(d)}: ${d.instruction || d.message || `turn ${d.direction}`}` +
+        (isNum(d.timeout_seconds) ? ` (${Math.round(d.timeout_seconds)} s)` : ""), "checking"];
+    case "liveness_pose_feedback": {
+      const deg = (v) => (isNum(v) ? `${v.toFixed(0)}°` : "–");
+      return [`Liveness turn ${d.direction || "?"}${d.phase === "return" ? ", coming back" : ""}${face}: ` +
+        `yaw ${deg(d.yaw)}, pitch ${deg(d.pitch)}` + (d.hint ? ` — ${d.hint}` : "") +
+        (isNum(d.seconds_left) ? `, ${Math.ceil(d.seconds_left)} s left` : ""), "checking"];
+    }
+    case "liveness_result": return [livenessText(d), d.passed ? "success" : "error"];
     default: return [d.message || type.replace(/_/g, " "), "info"];
   }
 }

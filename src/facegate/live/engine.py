@@ -27,6 +27,12 @@ nobody; strangers already offered still leave when they go, and a registration u
 captures its face (a face registered meanwhile is adopted, and greeted when recognition is on
 again). Switching it on: the faces in view are identified afresh and greeted as on arrival.
 
+The liveness challenge (`[liveness] challenge`) is the engine's `Challenger` (challenge.py):
+a known person is greeted with access "pending", the challenged face is described in full in
+every frame and its views go to the challenge, which adds `liveness_challenge`,
+`liveness_pose_feedback` and `liveness_result`; with "always" an unknown face is offered only
+once it passed. Off, nothing of it runs (access "granted").
+
 Registration talks to the engine only through its `RegistrationFocus` (focus.py), given at
 construction: the face being registered is described with the full pose model on every frame
 and handed on, prompts wait while a registration is under way, a registered track is adopted
@@ -55,6 +61,7 @@ from facegate.events import (
     type_name,
 )
 from facegate.identity.gallery import Gallery
+from facegate.live.challenge import Challenger
 from facegate.live.focus import RegistrationFocus, TrackStatus
 from facegate.live.monitor import Monitor
 from facegate.live.registration import Observation
@@ -95,6 +102,7 @@ class Engine:
         unknowns: RecentUnknowns | None = None,
         on_tracks: Callable[[Tracks], None] | None = None,
         focus: RegistrationFocus | None = None,
+        challenger: Challenger | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
@@ -112,6 +120,10 @@ class Engine:
         # The hand-off with the registration runtime (which track is registered, where its
         # observations go, its thumbnail, paused prompts, adoptions): see focus.py.
         self.focus = focus if focus is not None else RegistrationFocus()
+        # The liveness challenge (challenge.py): who turns their head before access is granted.
+        self.challenger = challenger or Challenger(
+            settings.liveness, feedback_interval=settings.registration.feedback_interval_seconds
+        )
         # The latest processed frame with its faces, set together (readers on other threads
         # always get a frame and the view of that very frame).
         self.latest: tuple[Frame, Tracks] | None = None
@@ -180,6 +192,7 @@ class Engine:
             del self._present[person_id]
             self._left(track, person_id)
         self._person_seen.clear()
+        self.challenger.reset()
         for track in self.tracker.tracks.values():
             if track.identity is not None or track.greeted is not None:
                 track.announced = False  # greeted (and now gone), not offered: nothing to undo
@@ -211,14 +224,17 @@ class Engine:
         self._follow_switch()
         recognizing = self._recognizing
         registering = self._registering_index(detections)
+        # The face being challenged (liveness), described in full in every frame like the
+        # registering one.
+        challenged = self._index_of(self.challenger.track, detections) if recognizing else None
+        full = {i for i in (registering, challenged) if i is not None}
         need = self._needs_embedding(detections, now) if recognizing else []
-        if registering is not None:  # described below, with the full pose model
-            need = [i for i in need if i != registering]
+        need = [i for i in need if i not in full]  # described below, with the full pose model
         embeddings: dict[int, npt.NDArray[np.float32]] = {}
         described: dict[int, Face] = {}
-        for i in [*need, *([registering] if registering is not None else [])]:
+        for i in [*need, *sorted(full)]:
             t_embed = time.perf_counter()
-            if i == registering:
+            if i in full:
                 face = self.analyzer.describe(frame.image, detections[i], embed=True, pose=True)
             else:
                 face = describe_cheaply(self.analyzer, frame.image, detections[i])
@@ -241,7 +257,14 @@ class Engine:
             if track.identity is not None:
                 self._person_seen[track.identity] = now
             self._note_unknown(track, described.get(i), now)
+            if track.settled_unknown and track.identity is None and track.id != self.focus.track:
+                self.challenger.settled_unknown(track.id)
             self._announce(track, frame, now)
+        if recognizing:
+            for event in self.challenger.frame(
+                frame.image, seen, detections, described, now, busy_track=self.focus.track
+            ):
+                self._emit(event, frame.captured_at)
         if described:
             self.monitor.stage("search", search_ms)
         self._observe_registering(frame, seen, described, now)
@@ -290,6 +313,7 @@ class Engine:
                 state = "pending"
             if not self.gallery.person_count and state != "known":
                 similarity = None
+            liveness, instruction = self.challenger.view_of(track)
             views.append(
                 TrackView(
                     track_id=track.id,
@@ -298,6 +322,8 @@ class Engine:
                     person_id=person,
                     name=name,
                     similarity=None if similarity is None else round(similarity, 4),
+                    liveness=liveness,
+                    instruction=instruction,
                 )
             )
         return Tracks(
@@ -336,6 +362,7 @@ class Engine:
         for person_id in [p for p in self._present if self.gallery.name_of(p) is None]:
             del self._present[person_id]  # erased: no departure under their id either
             self._person_seen.pop(person_id, None)
+            self.challenger.person_left(person_id)
 
     def _apply_adoptions(self) -> None:
         """Tracks just registered as a person (`RegistrationFocus.adopt`): that person from
@@ -358,12 +385,15 @@ class Engine:
 
     def _registering_index(self, detections: list[Detection]) -> int | None:
         """The detection of the face being registered, if a registration is capturing."""
-        registering = self.focus.capturing
-        if registering is None:
+        return self._index_of(self.focus.capturing, detections)
+
+    def _index_of(self, track_id: int | None, detections: list[Detection]) -> int | None:
+        """The detection that likely continues track `track_id` in this frame, if any."""
+        if track_id is None:
             return None
         for i, det in enumerate(detections):
             track = self.tracker.likely(det)
-            if track is not None and track.id == registering:
+            if track is not None and track.id == track_id:
                 return i
         return None
 
@@ -396,6 +426,7 @@ class Engine:
                     bbox=face.bbox,
                     quality=quality_score(face),
                     frame_time=round(now, 3),
+                    landmarks=track.detection.dense_landmarks,
                 )
             )
             return
@@ -500,6 +531,8 @@ class Engine:
             self._present[track.identity] = track
             name = self.gallery.name_of(track.identity) or track.identity
             sim = round(track.identity_similarity, 4)
+            registered = track.id in self._adopted
+            access = self.challenger.greet(track.id, track.identity, name, registered=registered)
             self._emit(
                 PersonRecognized(
                     person_id=track.identity,
@@ -509,7 +542,8 @@ class Engine:
                     threshold=threshold,
                     confidence=sim,
                     distance=round(1 - sim, 4),
-                    via="registration" if track.id in self._adopted else "vote",
+                    via="registration" if registered else "vote",
+                    access=access,
                     track_id=track.id,
                     bbox=bbox,
                     frame_time=round(now, 3),
@@ -526,6 +560,7 @@ class Engine:
             and stable >= self.settings.engine.stable_seconds
             and not self.focus.prompts_paused
             and not self.unknowns.dismissed(track.id)
+            and self.challenger.may_offer(track.id)
         ):
             track.announced = True
             self.unknowns.offered(track.id)
@@ -556,12 +591,14 @@ class Engine:
         left_after = self.settings.engine.left_after_seconds
         for track in self.tracker.expire(now):
             self.unknowns.left(track.id)
+            self.challenger.track_gone(track.id)
             self._adopted.discard(track.id)
             if track.announced and track.identity is None:
                 self._left(track, None)
         for person_id, track in list(self._present.items()):
             if now - self._person_seen.get(person_id, -math.inf) >= left_after:
                 del self._present[person_id]
+                self.challenger.person_left(person_id)
                 self._left(track, person_id)
         self.focus.show_tracks(self._statuses())
 

@@ -22,6 +22,7 @@ Illegal transitions raise `IllegalTransitionError`.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -223,8 +224,8 @@ def _view(
     ):
         return _end(state, now, False, "identity_changed")
     if state.phase is Phase.FRONT:
-        if view.embedding is None:
-            return state, []
+        if view.embedding is None or not (math.isfinite(view.yaw) and math.isfinite(view.pitch)):
+            return state, []  # the front needs a face and a pose to measure the turn from
         state = replace(
             state,
             phase=Phase.TURNING,

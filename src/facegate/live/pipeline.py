@@ -28,6 +28,7 @@ from facegate.identity.follower import GalleryFollower
 from facegate.identity.gallery import Gallery
 from facegate.identity.store import Store, StoreLockedError
 from facegate.live.bus import EventBus
+from facegate.live.challenge import Challenger
 from facegate.live.engine import Engine
 from facegate.live.eventlog import EventLog
 from facegate.live.focus import RegistrationFocus
@@ -35,6 +36,7 @@ from facegate.live.monitor import Monitor
 from facegate.live.sources import Capture, FrameSource
 from facegate.live.unknowns import RecentUnknowns
 from facegate.settings import Settings
+from facegate.vision.analyzers import liveness_models
 from facegate.vision.face import FaceAnalyzer
 
 BUS_CAPACITY = 4096  # the engine's events waiting for the loop
@@ -98,6 +100,13 @@ class Pipeline:
         )
         self.bus.attach(self._loop)
         self.focus = RegistrationFocus()  # the registrar's side is `serve`'s (or nobody's)
+        landmarks, passive = liveness_models(settings, analyzer)
+        challenger = Challenger(
+            settings.liveness,
+            feedback_interval=settings.registration.feedback_interval_seconds,
+            landmarks=landmarks,
+            passive=passive,
+        )
         self.engine = Engine(
             analyzer,
             gallery,
@@ -107,6 +116,7 @@ class Pipeline:
             unknowns=self.unknowns,
             on_tracks=on_tracks,
             focus=self.focus,
+            challenger=challenger,
         )
         self.capture = Capture(source, realtime=realtime, loop=loop_source, on_status=self._status)
         # What other processes change in the store reaches this gallery (a shared store's

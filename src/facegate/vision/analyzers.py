@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from facegate.settings import Settings, models_dir
-from facegate.vision.face import Detection, Face, FaceAnalyzer, ImageArray
+from facegate.vision.face import BBox, Detection, Face, FaceAnalyzer, ImageArray
 from facegate.vision.headpose import geometry_pose
 from facegate.vision.modelpack import require_pack
 
@@ -38,3 +42,28 @@ def describe_cheaply(analyzer: FaceAnalyzer, image: ImageArray, detection: Detec
     face = analyzer.describe(image, detection, embed=True, pose=False)
     yaw, pitch, roll = geometry_pose(points)
     return msgspec.structs.replace(face, yaw=yaw, pitch=pitch, roll=roll)
+
+
+LandmarkFn = Callable[[ImageArray, Detection], npt.NDArray[np.float32]]
+PassiveFn = Callable[[ImageArray, BBox], float]
+
+
+def liveness_models(
+    settings: Settings, analyzer: FaceAnalyzer
+) -> tuple[LandmarkFn | None, PassiveFn | None]:
+    """What the liveness challenge needs beside the analyzer: the 68 landmarks where the pack's
+    detections lack them, and the passive score's model (when `liveness.passive_score`). Both
+    come from the default pack, which must then be installed beside an InsightFace pack
+    (ModelPackError with the fixing command otherwise). (None, None) with the challenge off."""
+    cfg = settings.liveness
+    if cfg.challenge == "off":
+        return None, None
+    from facegate.vision.faceplugin import Landmarks68
+    from facegate.vision.passive_liveness import PassiveLiveness
+
+    own = analyzer.name == "faceplugin"
+    pack_dir = require_pack(models_dir(settings), "faceplugin", allow_download=False)
+    threads = settings.models.threads
+    landmarks = None if own else Landmarks68(pack_dir, threads)
+    passive = PassiveLiveness(pack_dir, threads).score if cfg.passive_score else None
+    return landmarks, passive

@@ -115,14 +115,7 @@ class FacepluginAnalyzer(alignment.AlignedAnalyzer):
         )
 
     def landmarks68(self, frame_bgr: ImageArray, box: BBox) -> npt.NDArray[np.float32]:
-        crop = alignment.crop_box(frame_bgr, box, LANDMARK_SIZE)
-        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32) / 256.0
-        out = self._landmark.run(None, {"input": grey[None, None]})[0].reshape(68, 2)
-        x1, y1, x2, y2 = box
-        pts: npt.NDArray[np.float32] = out * np.array([x2 - x1, y2 - y1], np.float32) + np.array(
-            [x1, y1], np.float32
-        )
-        return pts
+        return landmarks68(self._landmark, frame_bgr, box)
 
     # -- description -----------------------------------------------------------------------
 
@@ -154,6 +147,31 @@ class FacepluginAnalyzer(alignment.AlignedAnalyzer):
         norm = float(np.linalg.norm(feat))
         result: npt.NDArray[np.float32] = feat / norm if norm > 0 else feat
         return result
+
+
+def landmarks68(
+    model: ort.InferenceSession, frame_bgr: ImageArray, box: BBox
+) -> npt.NDArray[np.float32]:
+    """The 68 iBUG landmarks (frame pixels) of `fr_landmark.onnx` in a square face box."""
+    crop = alignment.crop_box(frame_bgr, box, LANDMARK_SIZE)
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32) / 256.0
+    out = model.run(None, {"input": grey[None, None]})[0].reshape(68, 2)
+    x1, y1, x2, y2 = box
+    pts: npt.NDArray[np.float32] = out * np.array([x2 - x1, y2 - y1], np.float32) + np.array(
+        [x1, y1], np.float32
+    )
+    return pts
+
+
+class Landmarks68:
+    """The default pack's landmark model on its own, for packs whose detections carry no 68
+    landmarks (the InsightFace packs): the liveness challenge's planarity needs them."""
+
+    def __init__(self, model_dir: Path, threads: int = 1) -> None:
+        self._model = session(model_dir / "fr_landmark.onnx", threads)
+
+    def __call__(self, frame_bgr: ImageArray, detection: Detection) -> npt.NDArray[np.float32]:
+        return landmarks68(self._model, frame_bgr, alignment.square_box(detection.bbox))
 
 
 def fast_prelu(model_path: Path) -> bytes:
