@@ -47,6 +47,9 @@ const notes = new Map(); // track_id -> its liveness note
 // track_id -> what the liveness events said of its challenge: {challenge, feedback, result,
 // deadline (Date.now() ms when its time is up)}
 const checks = new Map();
+// person_id -> their latest liveness_result: a verdict stands for the person, so a new track of
+// theirs may be shown as passed or failed without a result of its own.
+const verdicts = new Map();
 
 export function initOverlay({ canvasEl, imgEl, buttonLayer, notesEl, register }) {
   canvas = canvasEl;
@@ -94,6 +97,11 @@ export function onLivenessResult(d) {
   if (!d || d.track_id == null) return;
   const c = checkOf(d.track_id);
   Object.assign(c, { result: d, feedback: null, deadline: null });
+  if (d.person_id) {
+    verdicts.delete(d.person_id);
+    verdicts.set(d.person_id, d);
+    while (verdicts.size > CHALLENGES_KEPT) verdicts.delete(verdicts.keys().next().value);
+  }
   draw();
 }
 
@@ -102,6 +110,7 @@ const secondsLeft = (c) => (c && c.deadline != null ? Math.max(0, Math.ceil((c.d
 /** What the note under a face says: {main, detail, kind}, or null for none. */
 function noteOf(t) {
   const c = checks.get(t.track_id);
+  const verdict = c?.result ?? (t.person_id ? verdicts.get(t.person_id) : null);
   switch (t.liveness) {
     case "asked": {
       const main = t.instruction || c?.challenge?.instruction || "Turn your head as asked, then back";
@@ -111,14 +120,12 @@ function noteOf(t) {
     }
     case "waiting": return { main: "liveness check next", kind: "waiting" };
     case "passed": {
-      const access = c?.result?.access ?? (t.state === "known" ? "granted" : null);
+      const access = verdict?.access ?? (t.state === "known" ? "granted" : null);
       const main = "Live ✓" + (access === "granted" ? " — access granted" : access === "denied" ? " — access denied" : "");
       return { main, kind: access === "denied" ? "denied" : "passed" };
     }
-    case "failed": {
-      const r = c?.result;
-      return { main: "Not live ✗ — access denied", detail: r ? livenessReason(r.reason) : "", kind: "failed" };
-    }
+    case "failed":
+      return { main: "Not live ✗ — access denied", detail: verdict ? livenessReason(verdict.reason) : "", kind: "failed" };
     default: return null;
   }
 }
@@ -126,8 +133,7 @@ function noteOf(t) {
 /** The note's countdown, kept current between messages. */
 function tickNotes() {
   for (const [id, el] of notes) {
-    const left = el.querySelector(".ln-left");
-    if (left) setLeft(left, secondsLeft(checks.get(id)));
+    if (el.dataset.liveness === "asked") setLeft(el.querySelector(".ln-left"), secondsLeft(checks.get(id)));
   }
 }
 
@@ -201,17 +207,22 @@ export function currentTrack(id) {
   return null;
 }
 
-const LIVENESS_LABELS = { waiting: "liveness next", asked: "checking liveness", passed: "live ✓", failed: "not live ✗" };
-
 function label(t) {
   const id = `#${t.track_id}`;
-  const live = LIVENESS_LABELS[t.liveness] ? ` · ${LIVENESS_LABELS[t.liveness]}` : "";
   switch (t.state) {
-    case "known": return `${id} ${t.name || t.person_id || "known"}` + (isNum(t.similarity) ? ` ${sim(t.similarity)}` : "") + live;
-    case "unknown": return `${id} unknown${live}`;
+    case "known": return `${id} ${t.name || t.person_id || "known"}` + (isNum(t.similarity) ? ` ${sim(t.similarity)}` : "");
+    case "unknown": return `${id} unknown`;
     case "registering": return `${id} registering`;
-    default: return `${id} …${live}`;
+    default: return `${id} …`;
   }
+}
+
+/** `text` cut with "…" to fit `max` pixels (a long name must not cover the next face's label). */
+function fit(ctx, text, max) {
+  if (ctx.measureText(text).width <= max) return text;
+  const chars = [...text];
+  while (chars.length > 1 && ctx.measureText(chars.join("") + "…").width > max) chars.pop();
+  return chars.join("") + "…";
 }
 
 const colourOf = (t) => (t.state !== "registering" && LIVENESS_COLOURS[t.liveness]) || COLOURS[t.state] || COLOURS.pending;
@@ -266,7 +277,7 @@ function draw() {
       ctx.strokeStyle = colour;
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
       ctx.setLineDash([]);
-      const text = label(t);
+      const text = fit(ctx, label(t), Math.max(x2 - x1, 110) - 10);
       const tw = ctx.measureText(text).width + 10;
       const ty = y1 >= 20 ? y1 - 20 : y1; // above the box, or inside it at the top edge
       ctx.fillStyle = colour;

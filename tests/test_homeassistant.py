@@ -10,7 +10,11 @@ import msgspec
 import pytest
 
 from facegate.events import (
+    Access,
     Event,
+    LivenessChallenge,
+    LivenessPoseFeedback,
+    LivenessResult,
     PersonLeftArea,
     PersonRecognized,
     RegistrationApproved,
@@ -56,7 +60,9 @@ def component(message: Message) -> str:
     return message.topic.split("/")[-4]
 
 
-def recognized(name: str = NAME, track: int | None = 7) -> PersonRecognized:
+def recognized(
+    name: str = NAME, track: int | None = 7, access: Access = "granted"
+) -> PersonRecognized:
     event = PersonRecognized(
         person_id=PID,
         name=name,
@@ -68,9 +74,50 @@ def recognized(name: str = NAME, track: int | None = 7) -> PersonRecognized:
         track_id=track,
         bbox=[1.0, 2.0, 3.0, 4.0],
         frame_time=1.5,
+        access=access,
     )
     stamped = stamp(event, seq=12, now=NOW)
     assert isinstance(stamped, PersonRecognized)
+    return stamped
+
+
+def challenge(name: str | None = NAME) -> LivenessChallenge:
+    """The head-turn challenge, worded as the engine words it (the name in its texts)."""
+    person = PID if name is not None else None
+    who = f"{name}, turn" if name is not None else "Turn"
+    return LivenessChallenge(
+        person_id=person,
+        name=name,
+        direction="left",
+        instruction=f"{who} your head to your left",
+        message=f"{who} your head to your left, then back",
+        target_yaw=[25.0, 90.0],
+        target_pitch=[-30.0, 30.0],
+        timeout_seconds=8.0,
+        track_id=7,
+    )
+
+
+def verdict(
+    passed: bool, access: Access, reason: str = "passed", name: str | None = NAME
+) -> LivenessResult:
+    """A liveness_result, stamped a second after `recognized()`."""
+    event = LivenessResult(
+        person_id=PID if name is not None else None,
+        name=name,
+        passed=passed,
+        reason=reason,
+        message=f"Thank you, {name}" if passed else f"{name} moved like a picture",
+        residual=0.31 if passed else 0.05,
+        cutoff=0.128,
+        seconds=2.4,
+        passive_score=0.9,
+        access=access,
+        next_step="" if passed else f"{name}: look at the camera and try again",
+        track_id=7,
+    )
+    stamped = stamp(event, seq=14, now=NOW + 1)
+    assert isinstance(stamped, LivenessResult)
     return stamped
 
 
@@ -96,6 +143,9 @@ def named_events(name: str = NAME) -> list[Event]:
             name=name,
             next_step=f"They are already registered as {name}: nothing to do",
         ),
+        challenge(name),
+        verdict(True, "granted", name=name),
+        verdict(False, "denied", "planar", name=name),
         Tracks(
             frame=3,
             frame_time=0.1,
@@ -119,13 +169,35 @@ def every_message(cfg: MqttConfig, name: str = NAME) -> list[Message]:
             cfg, state="recognized", person=name, person_id=PID, similarity=0.8, since="t"
         ),
         ha.people_payload(cfg, recognized(name)),
+        ha.people_payload(cfg, recognized(name, access="pending")),
         ha.frigate_payload(cfg, recognized(name)),
         ha.frigate_payload(cfg, stranger()),
         ha.availability(cfg, True),
         ha.recognition_state(cfg, False),
     ]
     out += [ha.event_message(cfg, event) for event in named_events(name)]
+    # An event about a person without a `name` field: the bridge gives the name to remove.
+    out.append(ha.event_message(cfg, pose_feedback(name), (name,)))
+    seen = ha.people_payload(cfg, recognized(name, access="pending"))
+    settled = ha.people_verdict(cfg, seen, verdict(True, "granted", name=name))
+    assert settled is not None
+    out.append(settled)
     return out
+
+
+def pose_feedback(name: str) -> LivenessPoseFeedback:
+    return LivenessPoseFeedback(
+        person_id=PID,
+        direction="left",
+        phase="turn",
+        yaw=-3.0,
+        pitch=1.0,
+        target_yaw=[25.0, 90.0],
+        target_pitch=[-30.0, 30.0],
+        seconds_left=6.5,
+        hint=f"A little more, {name}: turn to your left",
+        track_id=7,
+    )
 
 
 # -- topics ------------------------------------------------------------------------------------
@@ -279,7 +351,15 @@ def test_discovery_topics_and_entities() -> None:
 
     event = by_topic[node.format("event", "face_event")]
     assert event["state_topic"] == t.events
-    assert event["event_types"] == ["recognized", "stranger", "left", "registered"]
+    assert event["event_types"] == [
+        "recognized",
+        "stranger",
+        "left",
+        "registered",
+        "liveness_challenge",
+        "liveness_passed",
+        "liveness_failed",
+    ]
     assert event["value_template"] == ha.EVENT_VALUE_TEMPLATE
 
     image = by_topic[node.format("image", "snapshot")]
@@ -373,8 +453,14 @@ def test_event_type() -> None:
     assert ha.event_type("unknown_person_detected") == "stranger"
     assert ha.event_type("person_left_area") == "left"
     assert ha.event_type("registration_complete") == "registered"
-    for other in ("system_ready", "registration_start", "tracks", "source_status", ""):
+    assert ha.event_type("liveness_challenge") == "liveness_challenge"
+    assert ha.event_type("liveness_result", passed=True) == "liveness_passed"
+    assert ha.event_type("liveness_result", passed=False) == "liveness_failed"
+    assert ha.event_type("liveness_result") == "liveness_failed"
+    others = ("system_ready", "registration_start", "tracks", "liveness_pose_feedback", "")
+    for other in others:
         assert ha.event_type(other) is None
+        assert ha.event_type(other, passed=True) is None
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -386,6 +472,7 @@ def test_state_payload() -> None:
         person_id=PID,
         similarity=0.81,
         since="2026-03-01T12:00:00.000+00:00",
+        access="pending",
     )
     assert (message.topic, message.retain) == ("facegate/porch/state", True)
     assert json.loads(message.payload) == {
@@ -393,6 +480,7 @@ def test_state_payload() -> None:
         "person": "Ada",
         "person_id": PID,
         "similarity": 0.81,
+        "access": "pending",
         "since": "2026-03-01T12:00:00.000+00:00",
         "gate": "porch",
     }
@@ -400,6 +488,7 @@ def test_state_payload() -> None:
         settings(), state="idle", person=None, person_id=None, similarity=None, since="t"
     )
     assert json.loads(idle.payload)["person"] is None
+    assert json.loads(idle.payload)["access"] is None  # no person, no decision
 
 
 def test_people_payload() -> None:
@@ -412,7 +501,47 @@ def test_people_payload() -> None:
         "gate": "porch",
         "time": event.timestamp,
         "similarity": 0.8123,
+        "access": "granted",  # no liveness challenge: granted at once
+        "liveness": None,
     }
+    pending = ha.people_payload(settings(), recognized("Ada", access="pending"))
+    assert json.loads(pending.payload)["access"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("passed", "access", "reason"),
+    [(True, "granted", "passed"), (False, "denied", "planar"), (False, "denied", "timeout")],
+)
+def test_people_verdict_settles_the_access_of_this_gates_last_seen(
+    passed: bool, access: Access, reason: str
+) -> None:
+    cfg = settings(gate_id="porch", qos=2)
+    event = recognized("Ada Lovelace", access="pending")
+    seen = ha.people_payload(cfg, event)
+    settled = ha.people_verdict(cfg, seen, verdict(passed, access, reason))
+    assert settled is not None
+    assert (settled.topic, settled.retain, settled.qos) == ("facegate/people/ada_lovelace", True, 2)
+    assert json.loads(settled.payload) == {
+        "person_id": PID,
+        "name": "Ada Lovelace",
+        "gate": "porch",
+        "time": event.timestamp,  # the sighting's: the verdict does not make it newer
+        "similarity": 0.8123,
+        "access": access,
+        "liveness": reason,
+    }
+    # Another gate's last seen (a later sighting there) is not this verdict's to settle.
+    other = ha.people_payload(settings(gate_id="garage"), event)
+    assert ha.people_verdict(cfg, other, verdict(passed, access, reason)) is None
+    assert (
+        ha.people_verdict(cfg, Message(seen.topic, b"", True, 2), verdict(True, "granted")) is None
+    )
+    # Without names the payload stays nameless.
+    quiet = settings(gate_id="porch", publish_names=False)
+    settled = ha.people_verdict(quiet, ha.people_payload(quiet, event), verdict(True, "granted"))
+    assert settled is not None and settled.topic == f"facegate/people/{PID}"
+    assert json.loads(settled.payload)["name"] is None
+    assert json.loads(settled.payload)["access"] == "granted"
 
 
 def test_event_message_is_the_websocket_json() -> None:
@@ -539,6 +668,30 @@ def test_redact_names() -> None:
     assert left["message"] == "Person left the area"
 
 
+def test_redact_names_of_liveness_events() -> None:
+    asked = json.loads(ha.redact_names(to_wire(challenge("Ada"))))["data"]
+    assert "name" not in asked and asked["person_id"] == PID
+    assert asked["message"] == "Liveness check: turn your head"
+    assert asked["instruction"] == "someone, turn your head to your left"
+    assert asked["direction"] == "left"
+    failed = json.loads(ha.redact_names(to_wire(verdict(False, "denied", "planar", "Ada"))))
+    data = failed["data"]
+    assert "name" not in data and data["message"] == "Liveness check finished"
+    assert data["next_step"] == "someone: look at the camera and try again"
+    assert (data["passed"], data["access"], data["reason"]) == (False, "denied", "planar")
+    # No `name` field, the name in a hint: removed only when the caller names the person.
+    leaky = json.loads(ha.redact_names(to_wire(pose_feedback("Ada"))))["data"]
+    assert leaky["hint"] == "A little more, Ada: turn to your left"
+    hint = json.loads(ha.redact_names(to_wire(pose_feedback("Ada")), ["Ada"]))["data"]
+    assert hint["hint"] == "A little more, someone: turn to your left"
+    assert hint["person_id"] == PID and hint["direction"] == "left"
+    # An unknown face's challenge and verdict hold no name: kept as they are.
+    for event in (challenge(None), verdict(False, "denied", "timeout", None)):
+        doc = json.loads(to_wire(event))
+        doc["data"].pop("name")
+        assert json.loads(ha.redact_names(to_wire(event))) == doc
+
+
 def test_redact_names_leaves_nameless_events_alone() -> None:
     start = RegistrationStart(message="Follow the instructions", total_angles=3, angles=["a"])
     for event in (SystemReady(), stranger(), start, PersonLeftArea(track_id=1)):
@@ -562,6 +715,8 @@ def test_redact_names_reaches_nested_names() -> None:
             "state": "known",
             "person_id": PID,
             "similarity": None,
+            "liveness": None,
+            "instruction": None,
         }
     ]
 
@@ -585,7 +740,7 @@ class This:
         self.state = state
 
 
-def test_event_template_maps_the_four_types(jinja: Any) -> None:
+def test_event_template_maps_the_types(jinja: Any) -> None:
     template = jinja.from_string(ha.EVENT_VALUE_TEMPLATE)
 
     def render(payload: bytes) -> str:
@@ -598,6 +753,9 @@ def test_event_template_maps_the_four_types(jinja: Any) -> None:
         "person_id": PID,
         "similarity": 0.8123,
         "track_id": 7,
+        "access": "granted",
+        "reason": None,
+        "direction": None,
     }
     assert json.loads(render(to_wire(stranger())))["event_type"] == "stranger"
     left = PersonLeftArea(person_id=PID, name="Ada", message="Ada left the area")
@@ -606,9 +764,50 @@ def test_event_template_maps_the_four_types(jinja: Any) -> None:
     assert json.loads(render(to_wire(done)))["event_type"] == "registered"
     quiet = json.loads(render(ha.redact_names(to_wire(recognized("Ada")))))
     assert (quiet["person"], quiet["person_id"]) == (None, PID)
+    # A door opens on access granted: never on a recognition pending its liveness verdict.
+    pending = json.loads(render(to_wire(recognized("Ada", access="pending"))))
+    assert (pending["event_type"], pending["access"]) == ("recognized", "pending")
+    asked = json.loads(render(to_wire(challenge("Ada"))))
+    assert (asked["event_type"], asked["direction"], asked["person"]) == (
+        "liveness_challenge",
+        "left",
+        "Ada",
+    )
+    passed = json.loads(render(to_wire(verdict(True, "granted", name="Ada"))))
+    assert passed == {
+        "event_type": "liveness_passed",
+        "person": "Ada",
+        "person_id": PID,
+        "similarity": None,
+        "track_id": 7,
+        "access": "granted",
+        "reason": "passed",
+        "direction": None,
+    }
+    failed = json.loads(render(to_wire(verdict(False, "denied", "planar", "Ada"))))
+    assert (failed["event_type"], failed["access"], failed["reason"]) == (
+        "liveness_failed",
+        "denied",
+        "planar",
+    )
+    # An unknown face that turned its head passed, yet is denied: no person, no access.
+    stranger_passed = json.loads(render(to_wire(verdict(True, "denied", name=None))))
+    assert stranger_passed["event_type"] == "liveness_passed"
+    assert (stranger_passed["access"], stranger_passed["person_id"]) == ("denied", None)
+    quiet = json.loads(render(ha.redact_names(to_wire(verdict(True, "granted", name="Ada")))))
+    assert (quiet["event_type"], quiet["person"], quiet["person_id"]) == (
+        "liveness_passed",
+        None,
+        PID,
+    )
+    # Every event_type the template gives is one the entity declares.
+    [entity] = [m for m in ha.device_discovery(settings(), "0.1.0") if component(m) == "event"]
+    declared = set(config(entity)["event_types"])
+    assert {"recognized", "liveness_challenge", "liveness_passed", "liveness_failed"} <= declared
     # Other messages render nothing, which Home Assistant ignores.
     assert render(to_wire(SystemReady())) == ""
     assert render(to_wire(named_events()[-1])) == ""
+    assert render(to_wire(pose_feedback("Ada"))) == ""
     assert str(template.render(value="x")) == ""  # not JSON: value_json undefined
 
 

@@ -29,7 +29,11 @@ import pytest
 
 from facegate import __version__
 from facegate.events import (
+    Access,
     Event,
+    LivenessChallenge,
+    LivenessPoseFeedback,
+    LivenessResult,
     PersonLeftArea,
     PersonRecognized,
     RegistrationCancelled,
@@ -269,7 +273,9 @@ class Gate:
     def topic(self, name: str) -> str:
         return f"{self.cfg.topic_prefix}/{self.cfg.gate_id}/{name}"
 
-    def recognized(self, name: str, track: int = 1, similarity: float = 0.71) -> Event:
+    def recognized(
+        self, name: str, track: int = 1, similarity: float = 0.71, access: Access = "granted"
+    ) -> Event:
         return self.bus.publish(
             PersonRecognized(
                 person_id=self.ids[name],
@@ -282,6 +288,58 @@ class Gate:
                 track_id=track,
                 bbox=[200.0, 100.0, 300.0, 220.0],
                 frame_time=1.0,
+                access=access,
+            )
+        )
+
+    def challenge(self, name: str, track: int = 1) -> Event:
+        """The head-turn challenge and one pose feedback, the name in their texts."""
+        self.bus.publish(
+            LivenessChallenge(
+                person_id=self.ids[name],
+                name=name,
+                direction="right",
+                instruction=f"{name}, turn your head to your right",
+                message=f"{name}, turn your head to your right, then back",
+                target_yaw=[-90.0, -25.0],
+                target_pitch=[-30.0, 30.0],
+                timeout_seconds=8.0,
+                track_id=track,
+            )
+        )
+        return self.bus.publish(
+            LivenessPoseFeedback(
+                person_id=self.ids[name],
+                direction="right",
+                phase="turn",
+                yaw=-4.0,
+                pitch=0.0,
+                target_yaw=[-90.0, -25.0],
+                target_pitch=[-30.0, 30.0],
+                seconds_left=7.0,
+                hint=f"{name}, a little more to your right",
+                track_id=track,
+            )
+        )
+
+    def verdict(
+        self, name: str | None, passed: bool, access: Access, reason: str, track: int = 1
+    ) -> Event:
+        """The liveness_result of the challenge on `track` (`name` None: an unknown face)."""
+        who = name or "Stranger"
+        return self.bus.publish(
+            LivenessResult(
+                person_id=self.ids[name] if name else None,
+                name=name,
+                passed=passed,
+                reason=reason,
+                message=f"{who} passed" if passed else f"{who} failed the liveness check",
+                residual=0.3 if passed else 0.04,
+                cutoff=0.128,
+                seconds=2.2,
+                access=access,
+                next_step="" if passed else f"{who}: face the camera and try again",
+                track_id=track,
             )
         )
 
@@ -450,6 +508,7 @@ def test_gate_status_follows_presence_strangers_and_registration() -> None:
         "person": "Ada",
         "person_id": "p1",
         "similarity": 0.6,
+        "access": "granted",
         "since": t[4],
         "gate": "gate",
     }
@@ -463,6 +522,56 @@ def test_gate_status_follows_presence_strangers_and_registration() -> None:
     assert status.forget("p2", t[9]) and status.key.state == "idle"
     names_off = json.loads(status.message(MqttConfig(publish_names=False)).payload)
     assert names_off["person"] is None
+
+
+def result(person: str | None, passed: bool, access: Access, track: int, at: str) -> LivenessResult:
+    reason = "passed" if passed else "planar"
+    return LivenessResult(
+        person_id=person,
+        passed=passed,
+        reason=reason,
+        message="",
+        cutoff=0.128,
+        seconds=2.0,
+        access=access,
+        track_id=track,
+        timestamp=at,
+    )
+
+
+def test_gate_status_access_waits_for_the_liveness_verdict() -> None:
+    status = GateStatus("2025-01-01T00:00:00.000+00:00")
+    t = [f"2025-01-01T00:00:0{i}.000+00:00" for i in range(10)]
+
+    def body() -> dict[str, Any]:
+        payload: dict[str, Any] = json.loads(status.message(MqttConfig()).payload)
+        return payload
+
+    pending = msgspec.structs.replace(recognized("p1", "Ada", 1, t[1]), access="pending")
+    assert status.apply(pending)
+    assert (body()["state"], body()["access"], body()["since"]) == ("recognized", "pending", t[1])
+    # Only the verdict grants: the state message changes, `since` stays.
+    assert status.apply(result("p1", True, "granted", 1, t[2]))
+    assert (body()["access"], body()["since"]) == ("granted", t[1])
+    assert not status.apply(result("p1", True, "granted", 1, t[3]))  # the same: nothing new
+    # Bob, shown now, is denied; Ada keeps her own verdict for when she is shown again.
+    bob = msgspec.structs.replace(recognized("p2", "Bob", 2, t[4]), access="pending")
+    assert status.apply(bob)
+    assert (body()["person_id"], body()["access"]) == ("p2", "pending")
+    assert status.apply(result("p2", False, "denied", 2, t[5]))
+    assert (body()["person_id"], body()["access"]) == ("p2", "denied")
+    assert status.apply(PersonLeftArea(person_id="p2", track_id=2, timestamp=t[6]))
+    assert (body()["person_id"], body()["access"]) == ("p1", "granted")
+    # Verdicts for nobody present (an unknown face, someone who left) change nothing.
+    assert not status.apply(result(None, True, "denied", 9, t[7]))
+    assert not status.apply(result("p2", True, "granted", 2, t[7]))
+    assert status.access == {"p1": "granted"}
+    # A new greeting is pending again until its own verdict.
+    again = msgspec.structs.replace(recognized("p1", "Ada", 3, t[8]), access="pending")
+    assert status.apply(again)
+    assert body()["access"] == "pending"
+    assert status.apply(PersonLeftArea(person_id="p1", track_id=3, timestamp=t[9]))
+    assert (body()["state"], body()["access"]) == ("idle", None)
 
 
 def test_face_jpeg_crops_the_box_with_a_margin_and_bounds_its_size() -> None:
@@ -819,12 +928,170 @@ def test_names_stay_off_the_broker_when_publish_names_is_false(
         ):
             ada = g.ids["Ada Lovelace"]
             await sub.wait_for(g.topic("state"))
-            g.recognized("Ada Lovelace")
+            g.recognized("Ada Lovelace", access="pending")
             await sub.wait_for(f"facegate/people/{ada}")
             await sub.wait_for(g.topic("state"), lambda m: m.json()["state"] == "recognized")
+            # The liveness events name her in their texts (the pose feedback has no `name`).
+            g.challenge("Ada Lovelace")
+            g.verdict("Ada Lovelace", False, "denied", "timeout")
+            settled = await sub.wait_for(
+                f"facegate/people/{ada}", lambda m: m.json()["access"] == "denied"
+            )
+            assert settled.json()["name"] is None and settled.json()["liveness"] == "timeout"
             await asyncio.sleep(0.3)
+            events = {m.json()["type"]: m.json()["data"] for m in sub.on(g.topic("events"))}
+            assert {"liveness_challenge", "liveness_pose_feedback", "liveness_result"} <= set(
+                events
+            )
+            assert events["liveness_challenge"]["message"] == "Liveness check: turn your head"
+            assert (
+                events["liveness_challenge"]["instruction"]
+                == "someone, turn your head to your right"
+            )
+            assert (
+                events["liveness_pose_feedback"]["hint"] == "someone, a little more to your right"
+            )
+            assert (
+                events["liveness_result"]["next_step"] == "someone: face the camera and try again"
+            )
+            assert events["liveness_result"]["person_id"] == ada
+            assert (events["liveness_result"]["access"], events["liveness_result"]["reason"]) == (
+                "denied",
+                "timeout",
+            )
             for m in sub.messages:
-                assert b"Ada" not in m.payload and "ada" not in m.topic, m
+                assert b"Ada" not in m.payload and b"Lovelace" not in m.payload, m
+                assert "ada" not in m.topic, m
+
+    run(scenario())
+
+
+def home_assistant_event(entity: dict[str, Any], heard: Heard) -> dict[str, Any] | None:
+    """What Home Assistant's event entity (its discovery config) makes of a message on its
+    state topic: the value_template rendered as HA renders it (None: ignored, or no Jinja)."""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:  # not a dependency: the pure tests render it where it is installed
+        return None
+    env = ImmutableSandboxedEnvironment()
+    env.filters["to_json"] = json.dumps
+    out = env.from_string(entity["value_template"]).render(value_json=heard.json())
+    return json.loads(out) if out else None
+
+
+@broker_needed
+def test_liveness_verdicts_settle_access_in_events_state_and_people(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """challenge = "known": a recognition is "pending" everywhere it is published until its
+    liveness_result says "granted" or "denied" (events, the state, the people topic)."""
+
+    async def scenario() -> None:
+        persons = ("Ada Lovelace", "Bob")
+        async with Listener(broker.port) as sub, gate(tmp_path, broker.url(), persons) as g:
+            t = g.topic
+            ada_topic, bob_topic = "facegate/people/ada_lovelace", "facegate/people/bob"
+            entity = (
+                await sub.wait_for("homeassistant/event/facegate_gate/face_event/config")
+            ).json()
+            assert {"liveness_challenge", "liveness_passed", "liveness_failed"} <= set(
+                entity["event_types"]
+            )
+            await sub.wait_for(t("state"))
+
+            def event(kind: str, after: int) -> Awaitable[Heard]:
+                return sub.wait_for(t("events"), lambda m: m.json()["type"] == kind, after=after)
+
+            # Ada is recognised: pending, everywhere.
+            mark = sub.mark()
+            g.recognized("Ada Lovelace", access="pending")
+            greeting = await event("person_recognized", mark)
+            assert greeting.json()["data"]["access"] == "pending"
+            state = await sub.wait_for(t("state"), after=mark)
+            assert (state.json()["state"], state.json()["access"]) == ("recognized", "pending")
+            since = state.json()["since"]
+            seen = (await sub.wait_for(ada_topic, after=mark)).json()
+            assert (seen["access"], seen["liveness"]) == ("pending", None)
+            # The challenge: an event, and nothing granted before the verdict.
+            mark = sub.mark()
+            g.challenge("Ada Lovelace")
+            asked = await event("liveness_challenge", mark)
+            assert asked.json()["data"]["direction"] == "right"
+            await event("liveness_pose_feedback", mark)
+            await asyncio.sleep(0.3)
+            # (The state is refreshed while someone is there, a last seen may be republished
+            # after the connect: the same, pending.)
+            again = sub.on(ada_topic, mark) + sub.on(t("state"), mark)
+            assert all(m.json()["access"] == "pending" for m in again), again
+            # She passes: granted.
+            mark = sub.mark()
+            g.verdict("Ada Lovelace", True, "granted", "passed")
+            passed = await event("liveness_result", mark)
+            data = passed.json()["data"]
+            assert (data["passed"], data["access"], data["name"]) == (
+                True,
+                "granted",
+                "Ada Lovelace",
+            )
+            assert ha.event_type("liveness_result", passed=data["passed"]) == "liveness_passed"
+            settled = (await sub.wait_for(ada_topic, after=mark)).json()
+            assert (settled["access"], settled["liveness"]) == ("granted", "passed")
+            assert settled["time"] == seen["time"] and settled["gate"] == "gate"
+            state = await sub.wait_for(t("state"), after=mark)
+            assert (state.json()["person"], state.json()["access"]) == ("Ada Lovelace", "granted")
+            assert state.json()["since"] == since  # still the same recognition
+            # Bob is recognised, then fails: denied (the gate shows him, the latest).
+            mark = sub.mark()
+            g.recognized("Bob", track=2, access="pending")
+            await sub.wait_for(t("state"), lambda m: m.json()["person"] == "Bob", after=mark)
+            g.verdict("Bob", False, "denied", "planar", track=2)
+            failed = await event("liveness_result", mark)
+            assert failed.json()["data"]["access"] == "denied"
+            bob = await sub.wait_for(
+                bob_topic, lambda m: m.json()["access"] != "pending", after=mark
+            )
+            assert (bob.json()["access"], bob.json()["liveness"]) == ("denied", "planar")
+            state = await sub.wait_for(
+                t("state"), lambda m: m.json()["access"] != "pending", after=mark
+            )
+            assert (state.json()["person"], state.json()["access"]) == ("Bob", "denied")
+            # Home Assistant's event entity (where Jinja is installed to render its template).
+            rendered = [home_assistant_event(entity, m) for m in (greeting, asked, passed, failed)]
+            if rendered[0] is not None:
+                assert [(r or {}).get("event_type") for r in rendered] == [
+                    "recognized",
+                    "liveness_challenge",
+                    "liveness_passed",
+                    "liveness_failed",
+                ]
+                assert [(r or {}).get("access") for r in rendered] == [
+                    "pending",
+                    None,
+                    "granted",
+                    "denied",
+                ]
+                assert rendered[2] is not None and rendered[2]["person"] == "Ada Lovelace"
+                assert rendered[3] is not None and rendered[3]["reason"] == "planar"
+            # Bob leaves: Ada is shown again, with her own verdict.
+            mark = sub.mark()
+            g.left("Bob", track=2)
+            state = await sub.wait_for(t("state"), after=mark)
+            assert (state.json()["person"], state.json()["access"]) == ("Ada Lovelace", "granted")
+            # An unknown face's verdict (challenge "always"): denied, no person, no people topic.
+            mark = sub.mark()
+            g.stranger(track=3)
+            g.verdict(None, True, "denied", "passed", track=3)
+            stranger = await event("liveness_result", mark)
+            assert stranger.json()["data"]["person_id"] is None
+            assert stranger.json()["data"]["access"] == "denied"
+            await asyncio.sleep(0.3)
+            assert [m for m in sub.messages[mark:] if m.topic.startswith("facegate/people/")] == []
+            shown = [(m.json()["person"], m.json()["access"]) for m in sub.on(t("state"), mark)]
+            assert set(shown) <= {("Ada Lovelace", "granted")}, shown  # still Ada, granted
+            snap = await retained(broker.port)
+            assert json.loads(snap[ada_topic])["access"] == "granted"
+            assert json.loads(snap[bob_topic])["access"] == "denied"
+            assert json.loads(snap[t("state")])["access"] == "granted"
 
     run(scenario())
 

@@ -62,7 +62,15 @@ PERSON = "lin_manuel_miranda"
 # The gate is named by gate.id (FACEGATE_GATE_ID): its topics, device and events say it.
 PREFIX, GATE, DISCOVERY = "facegate", "front-door", "homeassistant"
 NODE = f"facegate_{GATE}"
-EVENT_TYPES = {"recognized", "stranger", "left", "registered"}
+EVENT_TYPES = {
+    "recognized",
+    "stranger",
+    "left",
+    "registered",
+    "liveness_challenge",
+    "liveness_passed",
+    "liveness_failed",
+}
 
 
 def t(name: str) -> str:
@@ -397,6 +405,8 @@ def check_discovery(configs: dict[str, dict[str, Any]], person_id: str | None) -
         "unknown_person_detected",
         "person_left_area",
         "registration_complete",
+        "liveness_challenge",
+        "liveness_result",
     ):
         assert source in template, f"the event template does not map {source}: {template}"
     (image,) = by_component["image"]
@@ -501,6 +511,7 @@ def test_recognition_event_state_people_and_snapshot(scenario: Scenario) -> None
         mark = sub.mark()
         on_ws = asyncio.run(websocket_greeting())
         assert on_ws["data"]["name"] == PERSON and on_ws["data"]["gate_id"] == GATE
+        assert on_ws["data"]["access"] == "granted"  # no liveness challenge by default
         seq = on_ws["data"]["seq"]
         got = sub.wait_for(t("events"), event_of("person_recognized", seq=seq), timeout=5)
         assert as_json(got) == on_ws, "the MQTT event is not the WebSocket's JSON"
@@ -513,11 +524,13 @@ def test_recognition_event_state_people_and_snapshot(scenario: Scenario) -> None
         st = as_json(state)
         assert st["person"] == PERSON and st["person_id"] == scenario.person_id
         assert st["gate"] == GATE and st["similarity"] == pytest.approx(data["similarity"])
+        assert st["access"] == "granted"
         datetime.fromisoformat(st["since"])
         # Last seen, per person.
         seen = as_json(sub.wait_for(PEOPLE, timeout=5, after=mark))
         assert seen["person_id"] == scenario.person_id and seen["name"] == PERSON
         assert seen["gate"] == GATE and seen["similarity"] == pytest.approx(data["similarity"])
+        assert (seen["access"], seen["liveness"]) == ("granted", None)
         datetime.fromisoformat(seen["time"])
         # The face as a JPEG.
         snapshot = sub.wait_for(t("snapshot"), timeout=5, after=mark)
@@ -527,7 +540,7 @@ def test_recognition_event_state_people_and_snapshot(scenario: Scenario) -> None
         assert set(snap) == {t("state"), PEOPLE}
         now = as_json(snap[t("state")])
         assert now["state"] in {"idle", "recognized", "stranger", "registering"}
-        assert set(now) >= {"state", "person", "person_id", "similarity", "since", "gate"}
+        assert set(now) >= {"state", "person", "person_id", "similarity", "access", "since", "gate"}
         assert as_json(snap[PEOPLE])["person_id"] == scenario.person_id
 
 

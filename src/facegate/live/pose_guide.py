@@ -38,6 +38,11 @@ NEXT_STEPS = {
         "Make sure only the person registering faces the camera, then click Register on their"
         " face to try again"
     ),
+    "not_live": (
+        "Only a live person standing in front of the camera can be registered, not a photo or a"
+        " screen: ask the person to come to the camera themselves, then click Register on their"
+        " face"
+    ),
     "store_error": (
         "Nothing was stored: check the server's log and disk, then click Register on their"
         " face to try again"

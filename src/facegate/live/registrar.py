@@ -47,6 +47,7 @@ from facegate.live.registration import (
     UnknownOffered,
     ValidateAndStore,
     consistent,
+    parallax,
     progress,
     step,
     target,
@@ -183,7 +184,26 @@ class Registrar:
         return replies
 
     def _validate_and_store(self, job: ValidateAndStore) -> Stored:
-        """Consistency, then duplicates, then one transaction: nothing is stored otherwise."""
+        """Liveness, consistency, then duplicates, then one transaction: nothing is stored
+        otherwise.
+
+        Liveness: the captures' `parallax` (the front captures against the left and right
+        ones) at or below settings.liveness.planarity_cutoff moved as one plane, a photo or a
+        screen swept in front of the camera: refused as `not_live`. Skipped where the captures
+        carry no landmarks (the InsightFace packs)."""
+        score = parallax(job.captures)
+        cutoff = self.settings.liveness.planarity_cutoff
+        if score is not None and score <= cutoff:
+            log.warning("registration refused: parallax %.3f <= %.3f (not live)", score, cutoff)
+            return Stored(
+                False,
+                reason="not_live",
+                message=(
+                    "The face moved like a flat picture, not a head turning (parallax"
+                    f" {score:.3f}, at most {cutoff:.3f}): a photo or a screen cannot be"
+                    " registered; nothing was stored"
+                ),
+            )
         ok, worst = consistent(job.captures, self.cfg.consistency_threshold)
         if not ok:
             return Stored(

@@ -127,7 +127,8 @@ class Stored:
     ok: bool
     person_id: str | None = None
     name: str | None = None
-    reason: str = ""  # inconsistent_identity | already_registered | store_error | error text
+    # not_live | inconsistent_identity | already_registered | store_error | error text
+    reason: str = ""
     message: str = ""
 
 
@@ -169,20 +170,22 @@ class Reply:
 
 @dataclass(frozen=True)
 class PoseSample:
-    """One captured view of a pose: its embedding and the head pose it was read at. A guided
-    capture collects `captures_per_pose` of them per pose (`State.captures`)."""
+    """One captured view of a pose: its embedding, the head pose it was read at and, where the
+    analyzer has them, its 68 landmarks (frame pixels; for `parallax`). A guided capture
+    collects `captures_per_pose` of them per pose (`State.captures`)."""
 
     pose: str
     embedding: npt.NDArray[np.float32]
     yaw: float | None
     pitch: float | None
     quality: float = 0.0
+    landmarks: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
 class ValidateAndStore:
-    """Check the captures (consistency, duplicates) and store them in one transaction; the
-    runtime answers with `Stored`."""
+    """Check the captures (liveness: `parallax`; consistency: `consistent`; duplicates) and
+    store them in one transaction; the runtime answers with `Stored`."""
 
     name: str | None
     captures: tuple[PoseSample, ...]
@@ -513,7 +516,7 @@ def _observe(
     effects: list[Effect] = []
     if held and obs.frame - state.last_capture_frame >= cfg.min_frames_apart:
         assert obs.embedding is not None
-        cap = PoseSample(pose, obs.embedding, obs.yaw, obs.pitch, obs.quality)
+        cap = PoseSample(pose, obs.embedding, obs.yaw, obs.pitch, obs.quality, obs.landmarks)
         state = replace(state, captures=(*state.captures, cap), last_capture_frame=obs.frame)
     if now - state.last_feedback >= cfg.feedback_interval_seconds:
         state = replace(state, last_feedback=now)

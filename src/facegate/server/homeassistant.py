@@ -6,24 +6,32 @@ retain, qos) that `server/mqtt.py` publishes as they are. The topics (P = topic_
 G = gate.id):
 
     P/G/availability            "online" / "offline", retained ("offline" is the last will)
-    P/G/state                   retained JSON: state, person, person_id, similarity, since, gate
+    P/G/state                   retained JSON: state, person, person_id, similarity, access,
+                                since, gate
     P/G/events                  every event, the WebSocket JSON ({"type": ..., "data": {...}})
     P/G/snapshot                JPEG of the face (person_recognized, unknown_person_detected)
     P/G/recognition             "ON" / "OFF", retained: whether the gate names people
     P/G/recognition/set         command: "ON" / "OFF"
     P/G/registration/decision   command: {"register": true, "name": "Ada"} (when enabled)
     P/G/diagnostics             retained JSON: processed_fps, frame_to_event_p95_ms, capture_fps
-    P/people/<slug>             retained JSON: person_id, name, gate, time, similarity
+    P/people/<slug>             retained JSON: person_id, name, gate, time, similarity, access,
+                                liveness
     P/tracked_object_update     Frigate-shaped face updates (when `frigate`)
     <discovery>/status          Home Assistant's birth message ("online")
 
 Home Assistant discovery: retained configs at `<discovery>/<component>/facegate_G/<object>/config`,
 one device per gate (identifiers ["facegate_G"]) holding: sensor "Last person", binary_sensor
-"Occupancy", event "Face event" (event_types recognized, stranger, left, registered), image
-"Snapshot", switch "Recognition", diagnostic sensors "Processed fps" and "Frame to event p95",
-and one sensor "<Name> last gate" per enrolled person. Unique ids depend only on the gate id,
-the object and the person id, so they are the same at every start. An empty retained config
-removes an entity (`person_removed`).
+"Occupancy", event "Face event" (event_types recognized, stranger, left, registered,
+liveness_challenge, liveness_passed, liveness_failed), image "Snapshot", switch "Recognition",
+diagnostic sensors "Processed fps" and "Frame to event p95", and one sensor "<Name> last gate"
+per enrolled person. Unique ids depend only on the gate id, the object and the person id, so
+they are the same at every start. An empty retained config removes an entity (`person_removed`).
+
+What a door should do is `access`: "granted", "denied", or "pending" while the liveness
+challenge (`[liveness] challenge`) follows a recognition. It is in the Face event's attributes,
+the state (of its person) and the people payload, where a liveness_result turns "pending" into
+its verdict: a door opens on access "granted" (`recognized` without a challenge,
+`liveness_passed` with one), never on a recognition alone.
 
 With `publish_names = false` no person's name appears anywhere: people topics and person
 entities use the person id, `name` fields are dropped from event payloads and `null` in the
@@ -34,13 +42,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final, Literal
 
 import msgspec
 
 from facegate.events import (
+    Access,
     Event,
+    LivenessResult,
     PersonRecognized,
     UnknownPersonDetected,
     to_wire,
@@ -56,7 +67,12 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "unknown_person_detected": "stranger",
     "person_left_area": "left",
     "registration_complete": "registered",
+    "liveness_challenge": "liveness_challenge",
 }
+# A `liveness_result` is one of two event_types, by its `passed`.
+LIVENESS_PASSED: Final = "liveness_passed"
+LIVENESS_FAILED: Final = "liveness_failed"
+HA_EVENT_TYPES: Final = (*EVENT_TYPES.values(), LIVENESS_PASSED, LIVENESS_FAILED)
 
 # Seconds after the last "ON" state message at which Home Assistant turns the occupancy
 # sensor off by itself (a safety net: the gate normally publishes state "idle" first). HA
@@ -129,8 +145,11 @@ def person_slug(cfg: MqttConfig, person_id: str, name: str) -> str:
     return slug(name, person_id) if cfg.publish_names else person_id
 
 
-def event_type(event_type: str) -> str | None:
-    """The Home Assistant event_type of a WebSocket event type, None for the others."""
+def event_type(event_type: str, *, passed: bool = False) -> str | None:
+    """The Home Assistant event_type of a WebSocket event type (`passed`: a liveness_result's),
+    None for the others."""
+    if event_type == "liveness_result":
+        return LIVENESS_PASSED if passed else LIVENESS_FAILED
     return EVENT_TYPES.get(event_type)
 
 
@@ -219,9 +238,11 @@ def _config(
 
 
 def _event_template() -> str:
-    """Turns the WebSocket JSON on P/G/events into Home Assistant's event JSON
-    (`{"event_type": ..., "person": ..., "person_id": ..., "similarity": ..., "track_id": ...}`)
-    for the four mapped types, and into "" (which HA ignores) for every other message."""
+    """Turns the WebSocket JSON on P/G/events into Home Assistant's event JSON (`{"event_type":
+    ..., "person": ..., "person_id": ..., "similarity": ..., "track_id": ..., "access": ...,
+    "reason": ..., "direction": ...}`, null where the event has no such field) for the mapped
+    types and liveness_result (`event_type`), and into "" (which HA ignores) for every other
+    message."""
     mapping = _json(EVENT_TYPES).decode()  # a JSON object is a Jinja dict literal
     fields = ", ".join(
         f"'{key}': d.get('{field}')"
@@ -230,12 +251,18 @@ def _event_template() -> str:
             ("person_id", "person_id"),
             ("similarity", "similarity"),
             ("track_id", "track_id"),
+            ("access", "access"),
+            ("reason", "reason"),
+            ("direction", "direction"),
         )
     )
     return (
         "{% if value_json is defined and value_json is mapping %}"
-        f"{{% set e = {mapping}.get(value_json.type) %}}"
         "{% set d = value_json.data if value_json.data is mapping else {} %}"
+        "{% if value_json.type == 'liveness_result' %}"
+        f"{{% set e = '{LIVENESS_PASSED}' if d.get('passed') is sameas true"
+        f" else '{LIVENESS_FAILED}' %}}"
+        f"{{% else %}}{{% set e = {mapping}.get(value_json.type) %}}{{% endif %}}"
         f"{{% if e %}}{{{{ {{'event_type': e, {fields}}} | to_json }}}}{{% endif %}}"
         "{% endif %}"
     )
@@ -292,7 +319,7 @@ def device_discovery(cfg: MqttConfig, version: str) -> list[Message]:
                 "name": "Face event",
                 "icon": "mdi:face-recognition",
                 "state_topic": t.events,
-                "event_types": list(EVENT_TYPES.values()),
+                "event_types": list(HA_EVENT_TYPES),
                 "value_template": EVENT_VALUE_TEMPLATE,
             },
         ),
@@ -409,37 +436,60 @@ def state_payload(
     person_id: str | None,
     similarity: float | None,
     since: str,
+    access: Access | None = None,
 ) -> Message:
     """`P/G/state`, retained: `since` is the ISO time the gate entered `state`; `person` is
-    null when names are not published."""
+    null when names are not published; `access` is the door's decision for `person_id`
+    (null without one)."""
     body = {
         "state": state,
         "person": person if cfg.publish_names else None,
         "person_id": person_id,
         "similarity": similarity,
+        "access": access,
         "since": since,
         "gate": cfg.gate_id,
     }
     return Message(topics(cfg).state, _json(body), True, cfg.qos)
 
 
-def event_message(cfg: MqttConfig, event: Event) -> Message:
-    """`P/G/events`: the event's WebSocket JSON (names removed when not published)."""
+def event_message(cfg: MqttConfig, event: Event, names: Iterable[str] = ()) -> Message:
+    """`P/G/events`: the event's WebSocket JSON (names removed when not published; `names`,
+    the names of the persons it is about, are removed from its text too: see `redact_names`)."""
     wire = to_wire(event)
-    payload = wire if cfg.publish_names else redact_names(wire)
+    payload = wire if cfg.publish_names else redact_names(wire, names)
     return Message(topics(cfg).events, payload, False, cfg.qos)
 
 
 def people_payload(cfg: MqttConfig, event: PersonRecognized) -> Message:
-    """`P/people/<slug>`, retained: where and when the person was last seen."""
+    """`P/people/<slug>`, retained: where and when the person was last seen, and the door's
+    decision (`access`; `liveness`: null until a liveness_result gives its `reason`)."""
     body = {
         "person_id": event.person_id,
         "name": event.name if cfg.publish_names else None,
         "gate": cfg.gate_id,
         "time": event.timestamp,
         "similarity": event.similarity,
+        "access": event.access,
+        "liveness": None,
     }
     return Message(people_topic(cfg, event.person_id, event.name), _json(body), True, cfg.qos)
+
+
+def people_verdict(cfg: MqttConfig, seen: Message, result: LivenessResult) -> Message | None:
+    """A person's last seen (`seen`, as on their topic) with the verdict of the liveness
+    challenge that followed it: `access` granted or denied, `liveness` its reason; `time` stays
+    the recognition's. None when `seen` is another gate's (a later sighting there, which this
+    gate's verdict does not concern) or not a people payload."""
+    try:
+        body = msgspec.json.decode(seen.payload)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(body, dict) or body.get("gate") != cfg.gate_id:
+        return None
+    body["access"] = result.access
+    body["liveness"] = result.reason
+    return Message(seen.topic, _json(body), True, cfg.qos)
 
 
 def snapshot_message(cfg: MqttConfig, jpeg: bytes) -> Message:
@@ -502,6 +552,8 @@ NEUTRAL_MESSAGES: Final[dict[str, str]] = {
     "registration_approved": "Registering a new person",
     "registration_complete": "Person registered",
     "registration_failed": "Registration failed",
+    "liveness_challenge": "Liveness check: turn your head",
+    "liveness_result": "Liveness check finished",
 }
 NEUTRAL_MESSAGE: Final = "Name withheld"
 # Human-readable fields where a name could have been written into the text.
@@ -537,15 +589,17 @@ def _scrub_text(node: Any, pattern: re.Pattern[str]) -> Any:
     }
 
 
-def redact_names(wire_json: bytes) -> bytes:
+def redact_names(wire_json: bytes, known: Iterable[str] = ()) -> bytes:
     """A WebSocket JSON message (`{"type": ..., "data": {...}}`) with no person's name left:
     every `name` field is dropped (at any depth; `person_id` stays), the `message` beside a
     name becomes a neutral one (NEUTRAL_MESSAGES: "Welcome, Ada!" -> "Person recognized"),
-    and a name written into any other text field (`next_step`, ...) becomes "someone".
-    Machine fields (`type`, `reason`, ids) are never rewritten."""
+    and a name written into any other text field (`next_step`, `hint`, ...) becomes "someone",
+    as do the `known` names (of the persons the message is about, for events that carry a
+    `person_id` but no `name`, like liveness_pose_feedback). Machine fields (`type`, `reason`,
+    ids) are never rewritten."""
     doc = msgspec.json.decode(wire_json)
     kind = doc.get("type", "") if isinstance(doc, dict) else ""
-    names: set[str] = set()
+    names = {n for n in known if n.strip()}
     doc = _strip_names(doc, kind if isinstance(kind, str) else "", names)
     if names:
         # Longest first, whole words only: "Al" is not removed from "Already".

@@ -10,7 +10,8 @@ commands in `mqtt_commands.py`.
 - **Never slows the gate.** It consumes its own bus subscription (`live.bus`): the engine only
   hands events to the bus. Each event becomes messages at once (the WebSocket JSON on
   `P/G/events`; the retained `P/G/state` when the gate's state changes; `P/people/<slug>`, a
-  JPEG on `P/G/snapshot` and a Frigate-shaped update for a recognition or a stranger) and goes
+  JPEG on `P/G/snapshot` and a Frigate-shaped update for a recognition or a stranger; the
+  people and state topics again when a liveness_result settles the access) and goes
   into the `Outbox` (`mqtt_outbox.py`): retained messages (availability, state, people,
   recognition, diagnostics, discovery) are coalesced by topic (only the latest of each waits)
   and never dropped; the others are bounded by `mqtt.queue`, the oldest dropped first. One
@@ -51,7 +52,13 @@ import aiomqtt
 import msgspec
 
 from facegate import __version__
-from facegate.events import Event, PersonRecognized, UnknownPersonDetected, type_name
+from facegate.events import (
+    Event,
+    LivenessResult,
+    PersonRecognized,
+    UnknownPersonDetected,
+    type_name,
+)
 from facegate.live.sources import mask_url
 from facegate.server import homeassistant as ha
 from facegate.server.homeassistant import Message
@@ -304,9 +311,14 @@ class MqttBridge:
     def on_event(self, event: Event) -> None:
         """One event of the bus: its messages into the outbox."""
         cfg = self.cfg
-        self.outbox.put(ha.event_message(cfg, event))
+        # The name of the person it is about: removed from its text when names are not
+        # published, even where the event carries no `name` (liveness_pose_feedback's hint).
+        person = getattr(event, "person_id", None)
+        name = self.gallery.name_of(person) if isinstance(person, str) else None
+        self.outbox.put(ha.event_message(cfg, event, () if name is None else (name,)))
+        # A person erased meanwhile is not published again.
         erased = (
-            isinstance(event, PersonRecognized) and self.gallery.name_of(event.person_id) is None
+            isinstance(event, PersonRecognized | LivenessResult) and bool(person) and name is None
         )
         if not erased and self.status.apply(event):
             self.outbox.put(self.status.message(cfg))
@@ -314,6 +326,8 @@ class MqttBridge:
             seen = ha.people_payload(cfg, event)
             self.persons.people[event.person_id] = seen
             self.outbox.put(seen)
+        if isinstance(event, LivenessResult) and not erased:
+            self.persons.verdict(event)
         if isinstance(event, PersonRecognized | UnknownPersonDetected):
             if cfg.snapshots and (jpeg := self._snapshot(event)) is not None:
                 self.outbox.put(ha.snapshot_message(cfg, jpeg))

@@ -6,7 +6,9 @@
   gate's state; a renamed one their config again (and their last seen moved to the new topic).
 - **People topics** (`P/people/<slug>`, a person's last seen) are shared by every gate on the
   broker: a newer one heard from another gate is adopted (`heard`), and after a (re)connect
-  `republish` publishes again only what the broker lacks, or has older.
+  `republish` publishes again only what the broker lacks, or has older. A liveness_result
+  gives this gate's last seen of its person the verdict (`verdict`: access "pending" becomes
+  "granted" or "denied").
 - **Discovery configs** this gate publishes now (`config_topics`): the bridge empties any other
   one it hears under its node (a person erased while the broker was away).
 
@@ -30,6 +32,7 @@ from facegate.server.mqtt_outbox import Outbox
 from facegate.server.mqtt_status import GateStatus, iso_time, now_iso
 
 if TYPE_CHECKING:
+    from facegate.events import LivenessResult
     from facegate.identity.gallery import Gallery
     from facegate.identity.store import Store
 
@@ -128,6 +131,16 @@ class Persons:
             self.outbox.put(seen)
         if old_topic != new_topic:
             self.outbox.put(Message(old_topic, b"", True, cfg.qos))
+
+    def verdict(self, result: LivenessResult) -> None:
+        """The verdict of a liveness challenge on its person's last seen, when that is this
+        gate's sighting (`ha.people_verdict`): published at once (retained, same topic)."""
+        if result.person_id is None or (seen := self.people.get(result.person_id)) is None:
+            return
+        settled = ha.people_verdict(self.cfg, seen, result)
+        if settled is not None:
+            self.people[result.person_id] = settled
+            self.outbox.put(settled)
 
     def config_topics(self) -> set[str]:
         """The discovery config topics this gate publishes now (kept per persons' version)."""

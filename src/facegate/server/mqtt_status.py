@@ -1,7 +1,8 @@
 """The gate's retained state on MQTT, and how it is derived from the events.
 
-`GateStatus` follows the bus's events to `idle | recognized | stranger | registering` (the
-retained `P/G/state`); `face_jpeg` crops the face for `P/G/snapshot`; `now_iso` and `iso_time`
+`GateStatus` follows the bus's events to `idle | recognized | stranger | registering`, with the
+door's decision for the person shown (`access`, "pending" until their liveness_result): the
+retained `P/G/state`; `face_jpeg` crops the face for `P/G/snapshot`; `now_iso` and `iso_time`
 are the times of the state and of a person's last seen (`P/people/<slug>`).
 """
 
@@ -14,7 +15,9 @@ import cv2
 import msgspec
 
 from facegate.events import (
+    Access,
     Event,
+    LivenessResult,
     PersonLeftArea,
     PersonRecognized,
     RegistrationAngleComplete,
@@ -54,28 +57,37 @@ class StateKey(NamedTuple):
 class GateStatus:
     """`idle | recognized | stranger | registering` from the events: registering while a
     registration is under way; else recognized while a greeted person is present (the most
-    recent one); else stranger while an offered stranger is present; else idle."""
+    recent one); else stranger while an offered stranger is present; else idle. With each
+    present person, their `access`: the greeting's ("pending" while the liveness challenge
+    runs), then the verdict of their liveness_result."""
 
     def __init__(self, since: str) -> None:
         self.present: dict[str, PersonRecognized] = {}  # by person id, latest last
+        self.access: dict[str, Access] = {}  # of the persons present, by person id
         self.strangers: dict[int, UnknownPersonDetected] = {}  # by track id
         self.registering = False
         self.key = StateKey("idle", None, None)
         self.since = since
 
     def apply(self, event: Event) -> bool:
-        """Follow one event; True when the state changed."""
+        """Follow one event; True when the state message changed (the state, or the access of
+        its person: `since` stays when only the access changed)."""
+        shown = self.shown_access
         match event:
             case PersonRecognized(person_id=person, track_id=track):
                 self.present.pop(person, None)
                 self.present[person] = event
+                self.access[person] = event.access
                 if track is not None:
                     self.strangers.pop(track, None)
             case UnknownPersonDetected(track_id=track) if track is not None:
                 self.strangers[track] = event
+            case LivenessResult(person_id=str(person)) if person in self.present:
+                self.access[person] = event.access
             case PersonLeftArea(person_id=person, track_id=track):
                 if person is not None:
                     self.present.pop(person, None)
+                    self.access.pop(person, None)
                 if track is not None:
                     self.strangers.pop(track, None)
             case SystemReady():
@@ -84,13 +96,20 @@ class GateStatus:
                 self.registering = True
             case _ if isinstance(event, REGISTRATION_OVER):
                 self.registering = False
-        return self._settle(event.timestamp)
+        return self._settle(event.timestamp) or self.shown_access != shown
 
     def forget(self, person_id: str, now: str) -> bool:
         """An erased person: no longer the state's. True when the state changed."""
+        self.access.pop(person_id, None)
         if self.present.pop(person_id, None) is None:
             return False
         return self._settle(now)
+
+    @property
+    def shown_access(self) -> Access | None:
+        """The access of the person the state shows (None when it shows nobody)."""
+        person = self.key.person_id
+        return None if person is None else self.access.get(person)
 
     def _settle(self, when: str) -> bool:
         key = self._key()
@@ -130,6 +149,7 @@ class GateStatus:
             person_id=key.person_id,
             similarity=similarity,
             since=self.since,
+            access=self.shown_access,
         )
 
 
