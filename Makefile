@@ -76,6 +76,8 @@ bench:
 	$(PY) bench/mqtt.py
 	# Liveness: how far landmarks of real head turns and of photo/screen attacks are from a plane.
 	$(PY) bench/liveness.py
+	# The challenge through the live path, per person: real turns vs photos, moved photos, screens.
+	$(PY) bench/liveness_live.py
 	# Gates sharing one PostgreSQL store: change propagation, start-up vs SQLite, 4 gates enrolling.
 	$(PY) bench/gates.py
 	# A peer side by side: face_recognition 1.3 (dlib) in its own venv under ~/.cache/facegate.

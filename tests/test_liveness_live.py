@@ -8,10 +8,14 @@ The per-person report over all ten persons is bench/liveness_live.py (`make benc
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import msgspec
 import pytest
 
@@ -270,3 +274,51 @@ def test_the_challenger_is_idle_when_off() -> None:
     assert on.greet(1, "p1", "Pat", registered=False) == "pending"
     assert on.greet(2, "p2", "Ada", registered=True) == "granted"  # just registered
     assert on.track == 1 and on.may_offer(3)
+
+
+def run_folder(tmp_path: Path, frames: list[Any]) -> list[dict[str, Any]]:
+    """`facegate run --json` on a folder of frames (10 fps), the challenge on, "left" only."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), frame)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    env["FACEGATE_HOME"] = str(tmp_path / "data")
+    env["FACEGATE_LIVENESS_CHALLENGE"] = "known"
+    env["FACEGATE_LIVENESS_DIRECTIONS"] = '["left"]'
+    out = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "run", "--source", str(folder), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return [msgspec.json.decode(line) for line in out.stdout.splitlines()]
+
+
+def test_run_json_prints_the_challenge_and_keeps_it_in_the_history(
+    tmp_path: Path, analyzer: Any, pointing: Path
+) -> None:
+    settings = Settings()
+    enrolled = cr.Pointing(pointing, "p04_person06", "1")
+    with Store.open(tmp_path / "data") as store:
+        pid = cr.enrol(Gallery.open(store, settings), analyzer, enrolled, "Pat")
+    person = cr.Pointing(pointing, "p04_person06", "2")
+    turn = [person.frame(-yaw) for yaw in (15, 15, 30, 30, 45, 45, 30, 30, 15, 15)]
+    lines = run_folder(tmp_path, [person.frame(0)] * 12 + turn + [person.frame(0)] * 10)
+    by_type = {line["type"]: line["data"] for line in lines}
+    types = [line["type"] for line in lines]
+    assert by_type["person_recognized"]["access"] == "pending"
+    assert by_type["person_recognized"]["person_id"] == pid
+    assert by_type["liveness_challenge"]["direction"] == "left"
+    result = by_type["liveness_result"]
+    assert result["passed"] is True and result["access"] == "granted", result
+    assert result["person_id"] == pid and result["name"] == "Pat"
+    assert result["passive_score"] is not None  # the pipeline loads the passive model
+    assert types.index("person_recognized") < types.index("liveness_challenge")
+    assert types.index("liveness_challenge") < types.index("liveness_result")
+    with Store.open(tmp_path / "data", readonly=True) as store:
+        kept = [e.type for e in store.events(gate="gate")]
+    assert "liveness_challenge" in kept and "liveness_result" in kept

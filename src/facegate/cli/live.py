@@ -27,6 +27,7 @@ def _line(event: Event, as_json: bool) -> str:
         faces = ", ".join(
             f"#{t.track_id} {t.name if t.name else t.state}"
             + (f" {t.similarity:.2f}" if t.similarity is not None else "")
+            + (f" liveness {t.liveness}" if t.liveness is not None else "")
             for t in event.tracks
         )
         return f"frame {event.frame} t={event.frame_time:.3f}s tracks: {faces or '-'}"

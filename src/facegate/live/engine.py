@@ -537,7 +537,11 @@ class Engine:
                 PersonRecognized(
                     person_id=track.identity,
                     name=name,
-                    message=f"Welcome, {name}!",
+                    message=(
+                        f"Welcome, {name}!"
+                        if access == "granted"
+                        else f"{name} recognised: checking liveness"
+                    ),
                     similarity=sim,
                     threshold=threshold,
                     confidence=sim,
