@@ -951,3 +951,29 @@ def test_a_missing_camera_still_serves(serve: Serve) -> None:
         drawn = client.get("/snapshot.jpg?overlay=1")
         assert drawn.content == jpeg(placeholder("camera unavailable - retrying"))
         assert cv2.imdecode(np.frombuffer(snap.content, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_the_drawn_overlay_never_greets_a_face_whose_liveness_check_failed_or_runs() -> None:
+    from facegate.events import Tracks, TrackView
+    from facegate.server.annotate import CHECKING, KNOWN, NOT_LIVE, annotate, label
+
+    def drawn(liveness: str | None) -> tuple[str, tuple[int, ...]]:
+        track = TrackView(
+            track_id=1,
+            bbox=[100.0, 100.0, 200.0, 200.0],
+            state="known",
+            person_id="p1",
+            name="Pat",
+            liveness=liveness,  # type: ignore[arg-type]
+        )
+        view = Tracks(
+            frame=0, frame_time=0.0, width=320, height=240, threshold=0.44, tracks=[track]
+        )
+        out = annotate(blank_frame((320, 240)), view)
+        return label(track), tuple(int(v) for v in out[150, 100])
+
+    assert drawn(None) == ("#1 Pat", KNOWN)
+    assert drawn("passed") == ("#1 Pat", KNOWN)
+    assert drawn("failed") == ("#1 Pat - NOT LIVE", NOT_LIVE)
+    assert drawn("asked") == ("#1 Pat - turn your head", CHECKING)
+    assert drawn("waiting")[1] == CHECKING

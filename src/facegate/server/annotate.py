@@ -15,7 +15,11 @@ KNOWN = (80, 200, 60)  # BGR
 UNKNOWN = (0, 140, 255)
 PENDING = (180, 180, 180)
 REGISTERING = (255, 160, 0)
+CHECKING = (220, 80, 160)  # the liveness check waits or runs: not welcome yet
+NOT_LIVE = (40, 40, 220)
 COLOURS = {"known": KNOWN, "unknown": UNKNOWN, "pending": PENDING, "registering": REGISTERING}
+LIVENESS_COLOURS = {"waiting": CHECKING, "asked": CHECKING, "failed": NOT_LIVE}
+LIVENESS_LABELS = {"waiting": "check next", "asked": "turn your head", "failed": "NOT LIVE"}
 BACKGROUND = 40
 PLACEHOLDER_SIZE = (640, 360)
 JPEG_QUALITY = 80
@@ -44,11 +48,13 @@ def placeholder(message: str, size: tuple[int, int] = PLACEHOLDER_SIZE) -> Image
 
 
 def label(track: TrackView) -> str:
+    """The box's label: who, and the liveness check's state while it is not passed."""
+    check = f" - {LIVENESS_LABELS[track.liveness]}" if track.liveness in LIVENESS_LABELS else ""
     match track.state:
         case "known":
-            return f"#{track.track_id} {track.name or track.person_id or 'known'}"
+            return f"#{track.track_id} {track.name or track.person_id or 'known'}{check}"
         case "unknown":
-            return f"#{track.track_id} unknown"
+            return f"#{track.track_id} unknown{check}"
         case "registering":
             return f"#{track.track_id} registering"
         case _:
@@ -70,7 +76,7 @@ def annotate(frame: ImageArray, view: Tracks | None) -> ImageArray:
             continue
         x1, x2 = (_clamp(round(v * sx), w) for v in (track.bbox[0], track.bbox[2]))
         y1, y2 = (_clamp(round(v * sy), h) for v in (track.bbox[1], track.bbox[3]))
-        color = COLOURS.get(track.state, PENDING)
+        color = LIVENESS_COLOURS.get(track.liveness or "", COLOURS.get(track.state, PENDING))
         cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
         text = label(track)
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
