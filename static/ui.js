@@ -106,6 +106,7 @@ const REASON_WORDS = {
   decision_timeout: "nobody answered in time",
   person_left: "the person left before it finished",
   reset: "the gate was reset",
+  not_live: "the captures moved like a photo or a screen, not a live head",
 };
 export function reasonWords(reason, d) {
   const r = String(reason || "");

@@ -34,6 +34,8 @@ from facegate.vision.face import ImageArray
 from facegate.vision.faceplugin import FacepluginAnalyzer
 from facegate.vision.images import read_image
 
+pytestmark = [pytest.mark.shared_data, pytest.mark.models]
+
 FPS = 10.0
 # Where the person looks for each instruction (Pointing'04 labels: yaw < 0 = the person's own
 # left, pitch > 0 = up).
@@ -41,18 +43,26 @@ LOOK = {"front": (0, 0), "left": (-30, 0), "right": (30, 0), "up": (0, 30), "dow
 
 
 class Person:
-    """One Pointing'04 person's images by (yaw, pitch)."""
+    """One Pointing'04 person's images by (yaw, pitch); `look` says where they look for each
+    instruction (LOOK by default)."""
 
-    def __init__(self, root: Path, identity: str, series: str = "2") -> None:
+    def __init__(
+        self,
+        root: Path,
+        identity: str,
+        series: str = "2",
+        look: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         with (root / "manifest.csv").open() as fh:
             rows = [
                 r for r in csv.DictReader(fh) if r["identity"] == identity and r["series"] == series
             ]
         self.images = {(int(r["yaw"]), int(r["pitch"])): root / r["path"] for r in rows}
+        self.look = LOOK if look is None else look
         self._cache: dict[tuple[int, int], ImageArray] = {}
 
     def looking(self, pose: str) -> ImageArray:
-        want = LOOK[pose]
+        want = self.look[pose]
         key = min(self.images, key=lambda k: abs(k[0] - want[0]) + abs(k[1] - want[1]))
         if key not in self._cache:
             # On a 640x480 frame, as a webcam sees a person (Pointing'04 crops some heads

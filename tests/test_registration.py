@@ -548,6 +548,26 @@ def test_all_five_poses_lead_to_validate_and_store() -> None:
         assert c.embedding.shape == (DIM,)
 
 
+def test_the_captures_carry_the_observations_landmarks() -> None:
+    """Each capture keeps the 68 landmarks of the frame it was taken from (for the liveness
+    check at validation); frames without them give captures without them."""
+    cfg = RegistrationSettings(captures_per_pose=3)
+    run = Run(approved(cfg), cfg)
+    seen: dict[int, npt.NDArray[np.float32] | None] = {}
+    while run.state.phase is Phase.CAPTURING:
+        run.frame += cfg.min_frames_apart
+        points = None if run.frame % 2 else np.full((68, 2), run.frame, np.float32)
+        seen[run.frame] = points
+        run.feed(replace(obs(run.state, cfg, run.frame), landmarks=points))
+    (job,) = [e for e in run.effects if isinstance(e, ValidateAndStore)]
+    assert len(job.captures) == 15
+    with_points = [c for c in job.captures if c.landmarks is not None]
+    assert 0 < len(with_points) < 15  # both kinds were captured
+    for c in job.captures:
+        frames = [f for f, p in seen.items() if p is c.landmarks]
+        assert c.landmarks is None or len(frames) == 1
+
+
 def test_progress_goes_from_0_to_100() -> None:
     run = Run(approved(), CFG)
     run.capture_all()
@@ -1174,9 +1194,15 @@ def test_every_cancellation_names_the_face_and_the_next_step() -> None:
             "Nothing was stored: check the server's log and disk, then click Register on their"
             " face to try again",
         ),
+        (
+            Stored(False, reason="not_live", message="a photo"),
+            "Only a live person standing in front of the camera can be registered, not a photo"
+            " or a screen: ask the person to come to the camera themselves, then click Register"
+            " on their face",
+        ),
         (Stored(False, reason="something else"), "Click Register on their face to try again"),
     ],
-    ids=["already_registered", "inconsistent_identity", "store_error", "other"],
+    ids=["already_registered", "inconsistent_identity", "store_error", "not_live", "other"],
 )
 def test_every_refusal_names_the_face_and_the_next_step(stored: Stored, expected: str) -> None:
     _, effects = step(validating(), stored, T0, CFG)

@@ -652,8 +652,8 @@ def parallax(captures: tuple[PoseSample, ...]) -> float | None:
     15 deg turns reading 20-38 deg score 0.107-0.306 (3 of 36 at most 0.128), so a rule per side
     would refuse real people (the lower side's score: 10 of 286 choices at most 0.128); the
     median over both sides scores 0.165-0.328 (every person's lowest at least 0.165). Photos and
-    phone screens of the same frontal image turned as planes to 35-60 deg (hand shake, JPEG,
-    9 seeds; most never read inside these windows, 14 of 360 sweeps reach both) score at most
+    phone screens of the same frontal image turned as planes up to 60 deg (hand shake, JPEG; 9
+    seeds; most never read inside these windows: 14 of 360 sweeps reach both) score at most
     0.113 in every pair whose turned view reads inside them, so no choice of captures passes
     (the median at most 0.080)."""
     fronts = [c.landmarks for c in captures if c.pose == "front" and c.landmarks is not None]
