@@ -124,6 +124,8 @@ const LIVENESS_REASON_WORDS = {
   timeout: "did not turn in time",
   track_lost: "face lost during the check",
   identity_changed: "another face during the check",
+  left: "left before the check ended",
+  no_landmarks: "not checked: the model pack has no 68-point landmarks",
 };
 export function livenessReason(reason) {
   const r = String(reason || "");

@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 import msgspec
+import numpy as np
 import pytest
 
 import challenge_rig as cr
@@ -322,3 +323,48 @@ def test_run_json_prints_the_challenge_and_keeps_it_in_the_history(
     with Store.open(tmp_path / "data", readonly=True) as store:
         kept = [e.type for e in store.events(gate="gate")]
     assert "liveness_challenge" in kept and "liveness_result" in kept
+
+
+def test_one_challenge_at_a_time_and_a_person_who_leaves_while_waiting_is_denied(
+    tmp_path: Path, analyzer: Any, pointing: Path
+) -> None:
+    """Two known people at the gate: one is asked, the other waits; the one waiting walks
+    away before their turn: the door gets a verdict for them too (reason `left`)."""
+    settings = cr.rig_settings("known")
+    with Store.open(tmp_path / "data") as store:
+        gallery = Gallery.open(store, settings)
+        ids = {
+            who: cr.enrol(gallery, analyzer, cr.Pointing(pointing, who, "1"), name)
+            for who, name in (("p04_person01", "Ann"), ("p04_person04", "Bob"))
+        }
+        rig = cr.Rig(analyzer, gallery, settings, choose=lambda _options: "right")
+        people = {who: cr.RealTurn(cr.Pointing(pointing, who, "2")) for who in ids}
+
+        def scene(asked: LivenessChallenge | None, since: float, *, both: bool) -> Any:
+            """Ann on the left half, Bob on the right; the one asked turns."""
+            canvas = np.full((480, 1280, 3), 60, np.uint8)
+            for x, who in ((0, "p04_person01"), (640, "p04_person04")):
+                mine = asked if asked is not None and asked.person_id == ids[who] else None
+                if both or mine is not None:
+                    canvas[:, x : x + 640] = people[who].look(mine, since)
+            return canvas
+
+        # Both in view, facing the camera, until both are greeted and one is asked.
+        while len(rig.of(PersonRecognized)) < 2 or not rig.of(LivenessChallenge):
+            assert rig.now < 10, [type(e).__name__ for e in rig.events]
+            rig.show(scene(None, 0.0, both=True))
+        view = rig.engine.latest_view
+        assert view is not None
+        assert sorted(str(t.liveness) for t in view.tracks) == ["asked", "waiting"]
+        # The one asked turns; the other walks away.
+        asked, asked_at = rig.of(LivenessChallenge)[0], rig.now
+        while len(rig.of(LivenessResult)) < 2:
+            assert rig.now < 20, [type(e).__name__ for e in rig.events]
+            rig.show(scene(asked, rig.now - asked_at, both=False))
+        assert [e.access for e in rig.of(PersonRecognized)] == ["pending", "pending"]
+        assert len(rig.of(LivenessChallenge)) == 1  # the second never started
+        results = {e.person_id: e for e in rig.of(LivenessResult)}
+        other = next(pid for pid in ids.values() if pid != asked.person_id)
+        assert results[asked.person_id].passed and results[asked.person_id].access == "granted"
+        assert results[other].reason == "left" and results[other].access == "denied"
+        assert not results[other].passed

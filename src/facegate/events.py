@@ -220,7 +220,8 @@ class LivenessResult(FaceEvent, frozen=True, kw_only=True, tag="liveness_result"
     name: str | None = None
     passed: bool
     # passed | planar (moved as a flat picture) | timeout | track_lost (a detection gap or
-    # the face left) | identity_changed (another face, or the identity changed)
+    # the face left) | identity_changed (another face, or the identity changed) | left (the
+    # person left before their check ended: queued behind another, or recognition switched off)
     reason: str
     message: str
     # The median planarity score of the turned views (None: the turn was never reached) and

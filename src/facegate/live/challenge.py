@@ -65,6 +65,7 @@ MESSAGES = {
     "track_lost": "Not live: the face was lost during the check",
     "identity_changed": "Not live: another face appeared during the check",
     "no_landmarks": "Not checked: this model pack gives no 68-point landmarks",
+    "left": "Not checked: the person left before the check ended",
 }
 TRY_AGAIN = "Step out of view for a few seconds and come back to try again"
 NEXT_STEPS = {
@@ -74,6 +75,7 @@ NEXT_STEPS = {
     "track_lost": f"Keep the face in view while turning. {TRY_AGAIN}",
     "identity_changed": f"Only the person checked should face the camera. {TRY_AGAIN}",
     "no_landmarks": "Install the faceplugin pack beside it (facegate models fetch faceplugin)",
+    "left": "The check starts again when they come back",
 }
 
 
@@ -194,20 +196,23 @@ class Challenger:
         described: Mapping[int, Face],
         now: float,
         *,
+        described_in_full: int | None = None,
         busy_track: int | None = None,
     ) -> list[Event]:
         """After the engine identified the frame's faces (seen[i] is detections[i]): the
-        challenged face's view to the machine, then the clock. `busy_track`: the track being
-        registered (never challenged: its registration checks it)."""
+        challenged face's view to the machine, then the clock. `described_in_full`: the track
+        the engine described with its full pose model in this frame (the `track` it was
+        given); `busy_track`: the track being registered (never challenged: its registration
+        checks it)."""
         self._frames += 1
         if not self.enabled:
             return []
         events: list[Event] = []
-        if self._running is None:
-            self._start_next(seen, now)
         running = self._running
         if running is None:
-            return events
+            running = self._start_next(seen, now)
+            if running is None or running.track_id != described_in_full:
+                return events  # its first view is the next frame's, described in full
         index = next((i for i, t in enumerate(seen) if t.id == running.track_id), None)
         if running.track_id == busy_track:
             self._drop_running()
@@ -230,12 +235,37 @@ class Challenger:
         self._track_results.pop(track_id, None)
         self._queue = [w for w in self._queue if w.track_id != track_id or w.person_id]
 
-    def person_left(self, person_id: str) -> None:
-        """The person left the area: their verdict ends with the appearance."""
+    def person_left(self, person_id: str, now: float) -> list[Event]:
+        """The person left the area: their verdict ends with the appearance. One greeted with
+        access "pending" whose challenge never ended is denied now (reason `left`): a door
+        waiting on the verdict is never left waiting."""
         self._person_results.pop(person_id, None)
-        self._queue = [w for w in self._queue if w.person_id != person_id]
-        if self._running is not None and self._running.person_id == person_id:
+        events: list[Event] = []
+        for waiting in [w for w in self._queue if w.person_id == person_id]:
+            self._queue.remove(waiting)
+            events.append(self._left_unchecked(waiting.track_id, person_id, waiting.name, now))
+        running = self._running
+        if running is not None and running.person_id == person_id:
             self._drop_running()
+            events.append(self._left_unchecked(running.track_id, person_id, running.name, now))
+        return events
+
+    def _left_unchecked(
+        self, track_id: int, person_id: str, name: str | None, now: float
+    ) -> LivenessResult:
+        return LivenessResult(
+            person_id=person_id,
+            name=name,
+            passed=False,
+            reason="left",
+            message=MESSAGES["left"],
+            cutoff=self.cfg.planarity_cutoff,
+            seconds=0.0,
+            access="denied",
+            next_step=NEXT_STEPS["left"],
+            track_id=track_id,
+            frame_time=None if math.isinf(now) else round(now, 3),
+        )
 
     def reset(self) -> None:
         """Recognition was switched off: every challenge is forgotten (everyone left)."""
@@ -252,7 +282,7 @@ class Challenger:
         self._running = None
         self.state = machine.State()
 
-    def _start_next(self, seen: Sequence[Track], now: float) -> None:
+    def _start_next(self, seen: Sequence[Track], now: float) -> _Running | None:
         """Start the first queued challenge whose face is in this frame (a known person's
         on whichever track now carries them)."""
         for waiting in list(self._queue):
@@ -271,7 +301,8 @@ class Challenger:
                 planarity_score,
             )
             self._running = _Running(track.id, waiting.person_id, waiting.name)
-            return
+            return self._running
+        return None
 
     def _view(
         self,

@@ -190,6 +190,8 @@ class Engine:
             return  # the unidentified tracks are identified afresh from this frame on
         for person_id, track in list(self._present.items()):
             del self._present[person_id]
+            for event in self.challenger.person_left(person_id, self._last_time):
+                self._emit(event, None)
             self._left(track, person_id)
         self._person_seen.clear()
         self.challenger.reset()
@@ -262,7 +264,13 @@ class Engine:
             self._announce(track, frame, now)
         if recognizing:
             for event in self.challenger.frame(
-                frame.image, seen, detections, described, now, busy_track=self.focus.track
+                frame.image,
+                seen,
+                detections,
+                described,
+                now,
+                described_in_full=None if challenged is None else seen[challenged].id,
+                busy_track=self.focus.track,
             ):
                 self._emit(event, frame.captured_at)
         if described:
@@ -362,7 +370,7 @@ class Engine:
         for person_id in [p for p in self._present if self.gallery.name_of(p) is None]:
             del self._present[person_id]  # erased: no departure under their id either
             self._person_seen.pop(person_id, None)
-            self.challenger.person_left(person_id)
+            self.challenger.person_left(person_id, math.inf)  # erased: nothing to tell
 
     def _apply_adoptions(self) -> None:
         """Tracks just registered as a person (`RegistrationFocus.adopt`): that person from
@@ -602,7 +610,8 @@ class Engine:
         for person_id, track in list(self._present.items()):
             if now - self._person_seen.get(person_id, -math.inf) >= left_after:
                 del self._present[person_id]
-                self.challenger.person_left(person_id)
+                for event in self.challenger.person_left(person_id, now):
+                    self._emit(event, None)
                 self._left(track, person_id)
         self.focus.show_tracks(self._statuses())
 
