@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup browser broker postgres test lint unit bench fuzz clean
+.PHONY: setup browser broker postgres run test lint unit bench fuzz clean
 
 setup: $(VENV)/.installed browser broker postgres
 	$(VENV)/bin/facegate models fetch
@@ -43,6 +43,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --force-reinstall --no-deps "opencv-python-headless$$($(PY) -c 'import importlib.metadata as m; print("==" + m.version("opencv-python-headless"))')"
 	$(PY) -c "import cv2, sys; sys.exit(0 if cv2.getBuildInformation() else 1)"
 	touch $@
+
+# The gate with the repository's settings: the panel at http://127.0.0.1:8001/, on webcam 0 by
+# default. No camera? The panel still comes up (the camera shown unavailable, with how to run on
+# something else): make run SOURCE=clip.mp4 | SOURCE=rtsp://user:pass@host/stream | SOURCE=dir/
+SOURCE ?= 0
+run: $(VENV)/.installed
+	$(VENV)/bin/facegate serve --settings settings.toml --source "$(SOURCE)" $(if $(filter-out 0 1 2 3 4 5 6 7 8 9 rtsp% http%,$(SOURCE)),--loop,)
 
 lint:
 	$(VENV)/bin/ruff check src tests bench

@@ -347,9 +347,11 @@ def test_stream_source_opens_through_ffmpeg_with_timeouts(clip: Path) -> None:
         StreamSource("file:///nonexistent/x.mp4?password=abc").open()
 
 
-def test_camera_that_cannot_open_raises() -> None:
-    with pytest.raises(SourceError, match="webcam 99: cannot open"):
+def test_camera_that_cannot_open_raises_and_says_how_to_run_without_one() -> None:
+    with pytest.raises(SourceError, match="webcam 99: cannot open") as info:
         CameraSource(99).open()
+    # A first run on a machine without a camera: the message says what else to run on.
+    assert "--source clip.mp4" in str(info.value) and "rtsp://" in str(info.value)
 
 
 # -- scripted sources ---------------------------------------------------------------------------

@@ -122,6 +122,14 @@ class CameraSource(_OpenCVSource):
 
     live = True
 
+    # No camera at that index (or it is busy, or not readable by this user): say how to run
+    # on something else, since a first run on a machine without a camera lands here.
+    _open_error = (
+        "cannot open the camera (none connected, busy, or no permission: the user needs the"
+        " `video` group). To run on something else: --source clip.mp4, --source"
+        " rtsp://user:pass@host/stream or --source a-folder-of-images"
+    )
+
     def __init__(self, index: int) -> None:
         super().__init__(f"webcam {index}")
         self.index = index
