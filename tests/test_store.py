@@ -357,7 +357,7 @@ def test_delete_erases_bytes_from_every_file(
     s.close()
     # after close
     assert_erased(data_dir, pair)
-    assert sorted(os.listdir(data_dir)) == [DB_NAME, LOCK_NAME]
+    assert sorted(os.listdir(data_dir)) == ["facegate-version.json", DB_NAME, LOCK_NAME]
     with Store.open(data_dir, readonly=True) as r:
         assert [p.id for p in r.persons()] == [pair["b"]]
 

@@ -12,12 +12,16 @@ For both:
   gallery's writer lock: a new person's duplicate check and its insert see the same gallery
   (`enrolling`), even with several gates.
 - The schema is versioned with forward-only migrations; a database of another program or of
-  a newer facegate is refused and never written to.
+  a newer facegate is refused and never written to. Upgrades (upgrade.py): an older database
+  is copied (`<data>/backups`, or a backup schema in PostgreSQL) before it is migrated, and
+  every writable open records the facegate and schema versions in
+  `<data>/facegate-version.json`.
 - One process per data directory, enforced with an exclusive `flock` on `<data>/store.lock`
   (the data directory also holds the gate's saved index).
 - Deleting a person is erasure: their rows, embeddings, thumbnail and history, then the
   deleted bytes are made to leave the files (`reclaim`: SQLite's `secure_delete` plus a WAL
-  truncation; PostgreSQL's VACUUM (FULL) of the tables involved).
+  truncation; PostgreSQL's VACUUM (FULL) of the tables involved). The upgrade backups go
+  first: every one of them is deleted (they hold everyone's data as it was).
 - The data directory is created 0700 and the files 0600. The audit log never holds vectors,
   images or names: who did what to which person id, and when.
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -39,9 +44,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from facegate.identity import store_files, store_schema
+from facegate.identity import store_files, store_postgres, store_schema, upgrade
 from facegate.identity.store_batch import BatchWriter, Enrolment
-from facegate.identity.store_db import Database
+from facegate.identity.store_db import Database, Tx
 from facegate.identity.store_files import (
     BUSY_TIMEOUT_S,
     DB_NAME,
@@ -49,7 +54,12 @@ from facegate.identity.store_files import (
     PAGE_SIZE,
     SQLITE_HEADER,
 )
-from facegate.identity.store_postgres import PostgresDatabase, is_postgres_url, redact
+from facegate.identity.store_postgres import (
+    PostgresDatabase,
+    PostgresTx,
+    is_postgres_url,
+    redact,
+)
 from facegate.identity.store_rows import Rows, read_vectors, valid_name
 from facegate.identity.store_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from facegate.identity.store_sqlite import SqliteDatabase
@@ -105,6 +115,8 @@ __all__ = [
     "Vectors",
 ]
 
+log = logging.getLogger(__name__)
+
 # How long erasure waits for readers to finish before reporting it could not complete yet.
 CHECKPOINT_WAIT_S = 3.0
 # The schema version from which the event history names its gate (SQLite).
@@ -123,6 +135,8 @@ class Store:
         self._lock = lock
         self._clock = clock
         self.erasure_pending = False
+        # What opening this store migrated (None: nothing), and where the copy of before is.
+        self.upgrade: upgrade.Upgrade | None = None
         # Serialises this process's writes and their follow-up (erasure's reclaim).
         self._mutex = threading.RLock()
 
@@ -156,12 +170,16 @@ class Store:
             else:
                 db, version = SqliteDatabase.open(data_dir, readonly=readonly)
             try:
-                if not readonly:
-                    db.migrate(version)
+                upgraded = None if readonly else db.migrate(version)
                 store = cls(db, data_dir, lock, clock)
+                store.upgrade = upgraded
                 if not url and not readonly and 0 < version < GATED_EVENTS_VERSION:
                     with db.transaction() as tx:
                         tx.run("UPDATE events SET gate = ? WHERE gate = ''", (gate,))
+                if not readonly:
+                    newest = store_schema.PG_SCHEMA_VERSION if url else SCHEMA_VERSION
+                    database = db.where if url else DB_NAME
+                    upgrade.write_record(data_dir, store=db.kind, schema=newest, database=database)
             except BaseException:
                 db.close()
                 raise
@@ -393,6 +411,8 @@ class Store:
         Returns the removed embedding row ids (for the index)."""
         with self._mutex:
             with self._rows() as rows:
+                if isinstance(rows.tx, PostgresTx):
+                    store_postgres.hold_migrations(rows.tx)  # before reading anything
                 if not rows.person_exists(person_id):
                     raise UnknownPersonError(person_id)
                 ids = [
@@ -401,15 +421,32 @@ class Store:
                         "SELECT id FROM embeddings WHERE person_id = ?", (person_id,)
                     )
                 ]
+                backups = self._erase_upgrade_backups(rows.tx)
                 rows.tx.run("DELETE FROM persons WHERE id = ?", (person_id,))
                 # The event history names them too: erased with them.
                 rows.tx.run("DELETE FROM events WHERE person_id = ?", (person_id,))
                 rows.touched(person_id)
-                rows.audit(actor, "delete", person_id, embeddings=len(ids))
+                detail: dict[str, Any] = {"embeddings": len(ids)}
+                if backups:
+                    detail["upgrade_backups_deleted"] = len(backups)
+                rows.audit(actor, "delete", person_id, **detail)
             self.erasure_pending = True
             if not self.checkpoint():
                 raise ErasurePendingError(person_id, ids)
         return ids
+
+    def _erase_upgrade_backups(self, tx: Tx) -> list[str]:
+        """Before a person's rows go: every upgrade backup, which holds them as they were
+        (PostgreSQL's backup schemas in this transaction; the data directory's files now,
+        so that a failure to delete one leaves the person unerased, not half-erased)."""
+        names = store_postgres.drop_backups(tx) if isinstance(tx, PostgresTx) else []
+        names += upgrade.erase_backups(self.data_dir)
+        if names:
+            log.warning(
+                "erasure: deleted the upgrade backup(s) %s, which held the person's data",
+                ", ".join(names),
+            )
+        return names
 
     # -- event history ---------------------------------------------------------------------
     def log_events(

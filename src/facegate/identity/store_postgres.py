@@ -7,9 +7,14 @@ node, `LISTEN/NOTIFY` between them).
 
 - Connections come from a small `psycopg_pool` pool; a connection lost (a restarted server)
   is replaced on the next use, and a transaction that met it fails cleanly (nothing written).
-- The schema has its own versions (`store_schema.PG_MIGRATIONS`) in `facegate_schema`;
-  gates starting together migrate one at a time (an advisory lock). A database holding other
-  tables but no `facegate_schema` is another program's: refused untouched.
+- The schema has its own versions (`store_schema.PG_MIGRATIONS`) in `facegate_schema`, with
+  the facegate that migrated it; gates starting together migrate one at a time (an advisory
+  lock). A database holding other tables but no `facegate_schema` is another program's, and
+  one of a newer facegate is too: refused untouched.
+- Upgrades: before migrating a database that holds data, its tables are copied into a schema
+  `facegate_backup_<old version>_<UTC time>` of the same database, in the migration's
+  transaction (pg_dump is not needed on the gate). Erasing a person drops every such schema in
+  the erasure's transaction (`drop_backups`): a backup never outlives an erasure.
 - Every transaction that writes persons or embeddings takes one advisory lock
   (`exclusive`), so across all gates such writes happen one at a time: the duplicate check of a
   new person and its insert see the same gallery, and embedding ids commit in order.
@@ -35,9 +40,12 @@ from typing import Any
 import msgspec
 import psycopg
 import psycopg_pool
+from psycopg import sql
 
-from facegate.identity import store_schema
+from facegate import __version__
+from facegate.identity import store_schema, upgrade
 from facegate.identity.store_db import Row
+from facegate.identity.store_schema import NewerSchemaError
 from facegate.identity.store_types import GalleryChange, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -189,15 +197,31 @@ class PostgresDatabase:
             return 0
         version = int(self.query("SELECT version FROM facegate_schema")[0][0])
         if version > store_schema.PG_SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.where} has schema version {version}, newer than this facegate knows"
-                f" ({store_schema.PG_SCHEMA_VERSION}); upgrade facegate"
-            )
+            raise self._newer(version)
         return version
 
-    def migrate(self, version: int) -> None:
-        """Forward to the newest schema, one version per transaction, one gate at a time."""
-        for target in range(version + 1, store_schema.PG_SCHEMA_VERSION + 1):
+    def _newer(self, found: int) -> NewerSchemaError:
+        """The refusal of a database at schema `found`, newer than this facegate knows,
+        naming the facegate that migrated it and the copy of before."""
+        by = ""
+        with contextlib.suppress(psycopg.Error, StoreError, IndexError):
+            by = str(self.query("SELECT facegate FROM facegate_schema")[0][0])
+        backups: list[str] = []
+        with contextlib.suppress(psycopg.Error, StoreError):
+            backups = backup_schemas(self)
+        message = upgrade.newer_postgres_message(
+            self.where, found, store_schema.PG_SCHEMA_VERSION, by, backups
+        )
+        return NewerSchemaError(message, found)
+
+    def migrate(self, version: int) -> upgrade.Upgrade | None:
+        """Forward to the newest schema in one transaction, one gate at a time; a database
+        that held data is first copied into a backup schema (what is returned)."""
+        newest = store_schema.PG_SCHEMA_VERSION
+        if version >= newest:
+            return None
+        current = version
+        try:
             with self.transaction() as tx:
                 tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
                 # Read the catalogue afresh (not `to_regclass`, which may answer from this
@@ -206,11 +230,37 @@ class PostgresDatabase:
                     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname ="
                     " current_schema() AND tablename = 'facegate_schema')"
                 )[0][0]
-                if exists and int(tx.query("SELECT version FROM facegate_schema")[0][0]) >= target:
-                    continue
-                for statement in store_schema.statements(store_schema.PG_MIGRATIONS[target]):
-                    tx.conn.execute(statement.encode())
-                tx.run("UPDATE facegate_schema SET version = ?", (target,))
+                if exists:
+                    current = int(tx.query("SELECT version FROM facegate_schema")[0][0])
+                if current > newest:  # a newer gate upgraded it meanwhile
+                    raise self._newer(current)
+                if current == newest:
+                    return None
+                backup = _backup(tx.conn, current) if current > 0 else None
+                for target in range(current + 1, newest + 1):
+                    for statement in store_schema.statements(store_schema.PG_MIGRATIONS[target]):
+                        tx.conn.execute(statement.encode())
+                tx.run(
+                    "UPDATE facegate_schema SET version = ?, facegate = ?, migrated_at = ?",
+                    (newest, __version__, time.time()),
+                )
+        except psycopg.Error as exc:  # beyond what `transaction` turns into StoreError
+            raise StoreError(
+                f"migrating {self.where} from schema {current} to {newest} failed:"
+                f" {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r};"
+                " nothing was changed (the backup copy and the migration are one transaction)"
+            ) from None
+        if backup is None:
+            return None
+        log.warning(
+            "upgraded the shared store %s from schema %d to %d; the data of before is in its"
+            " schema %s (dropped at the next erasure of a person)",
+            self.where,
+            current,
+            newest,
+            backup,
+        )
+        return upgrade.Upgrade(current, newest, backup)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
@@ -295,6 +345,73 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def backup_schemas(db: PostgresDatabase | PostgresTx) -> list[str]:
+    """The upgrade backup schemas in the database, by name."""
+    rows = db.query(
+        "SELECT nspname FROM pg_catalog.pg_namespace WHERE starts_with(nspname, ?)"
+        " ORDER BY nspname",
+        (upgrade.PG_BACKUP_PREFIX,),
+    )
+    return [str(r[0]) for r in rows]
+
+
+def _backup(conn: psycopg.Connection[Any], version: int) -> str:
+    """Copy every table of the store (at schema `version`) into a new schema, in the open
+    transaction: its name. The copies are plain tables (no keys, indexes or constraints)
+    that autovacuum leaves alone, so no sample of them reaches pg_statistic."""
+    stem = f"{upgrade.PG_BACKUP_PREFIX}{version}_{upgrade.utc_stamp(time.time()).lower()}"
+    taken = {
+        str(r[0])
+        for r in conn.execute(
+            "SELECT nspname FROM pg_catalog.pg_namespace WHERE starts_with(nspname, %s)", (stem,)
+        ).fetchall()
+    }
+    name, n = stem, 0
+    while name in taken:  # two upgrades within one second (a restore, then again)
+        n += 1
+        name = f"{stem}_{n}"
+    schema = sql.Identifier(name)
+    tables = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"
+            " ORDER BY tablename"
+        ).fetchall()
+    ]
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+    for table in tables:
+        copy = sql.SQL("{}.{}").format(schema, sql.Identifier(table))
+        conn.execute(sql.SQL("CREATE TABLE {} AS TABLE {}").format(copy, sql.Identifier(table)))
+        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(copy))
+    conn.execute(
+        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+            schema,
+            sql.Literal(
+                f"facegate: the store at schema {version}, copied before facegate"
+                f" {__version__} upgraded it on {upgrade.utc_iso(time.time())}; dropped when"
+                " a person is erased"
+            ),
+        )
+    )
+    return name
+
+
+def hold_migrations(tx: PostgresTx) -> None:
+    """Until the transaction ends, no gate migrates (nor copies the store into a backup); one
+    in progress commits first. An erasure takes it before it reads anything, so a migration's
+    copy never holds a person being erased (and the two never deadlock on the tables)."""
+    tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+
+
+def drop_backups(tx: PostgresTx) -> list[str]:
+    """Drop every upgrade backup schema, in the erasure's transaction: their names."""
+    hold_migrations(tx)
+    names = backup_schemas(tx)
+    for name in names:
+        tx.conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    return names
 
 
 def _change(payload: str) -> GalleryChange | None:

@@ -2,11 +2,13 @@
 
 The version is `PRAGMA user_version` and the file is stamped with facegate's
 `application_id`. Before anything is written, `check_schema` refuses a database of another
-program or of a newer facegate; a reader also refuses one that still needs migrating. A
-migration (`migrate_to`) runs inside a transaction its caller holds, one version per
-transaction, so a kill -9 leaves the file at one version or the next.
+program or of a newer facegate (`NewerSchemaError`); a reader also refuses one that still
+needs migrating. A migration (`migrate_to`) runs inside a transaction its caller holds; the
+store applies every pending version in one transaction, after a backup copy (upgrade.py), so
+a failure or a kill -9 leaves the file at the version it had, or at the newest.
 
-To change the schema, add `MIGRATIONS[n + 1]`; never edit a released migration.
+To change the schema, add `MIGRATIONS[n + 1]` (PostgreSQL: `PG_MIGRATIONS[n + 1]`); never edit
+a released migration.
 """
 
 from __future__ import annotations
@@ -152,8 +154,23 @@ PG_MIGRATIONS: dict[int, str] = {
     ALTER TABLE events ALTER COLUMN person_id SET STATISTICS 0;
     ALTER TABLE events ALTER COLUMN data SET STATISTICS 0;
     """,
+    # Which facegate migrated the database to its version, and when (named to an older
+    # facegate that refuses it; store_postgres.py sets them with every migration).
+    2: """
+    ALTER TABLE facegate_schema ADD COLUMN facegate text NOT NULL DEFAULT '';
+    ALTER TABLE facegate_schema ADD COLUMN migrated_at double precision NOT NULL DEFAULT 0;
+    """,
 }
 PG_SCHEMA_VERSION = max(PG_MIGRATIONS)
+
+
+class NewerSchemaError(StoreError):
+    """A database of a newer facegate than this one (schema version `found`): refused, and
+    left untouched."""
+
+    def __init__(self, message: str, found: int) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 def statements(script: str) -> list[str]:
@@ -180,9 +197,10 @@ def check_schema(conn: sqlite3.Connection, path: Path, *, readonly: bool) -> int
             f" {app_id:#x}); refusing to use or change it. Point --data at another directory."
         )
     if version > SCHEMA_VERSION:
-        raise StoreError(
+        raise NewerSchemaError(
             f"{path} has schema version {version}, newer than this facegate knows"
-            f" ({SCHEMA_VERSION}); upgrade facegate"
+            f" ({SCHEMA_VERSION}); upgrade facegate",
+            int(version),
         )
     if version < SCHEMA_VERSION and readonly:
         raise StoreError(

@@ -3,7 +3,10 @@
 - WAL journal, `synchronous=FULL` (the event history: NORMAL), `secure_delete=ON`, foreign
   keys on; transactions are `BEGIN IMMEDIATE`, so a kill -9 leaves all of one or none of it.
 - The file is stamped with facegate's `application_id` and its schema version; a file that is
-  not SQLite, or another program's database, or a newer facegate's, is refused untouched.
+  not SQLite, or another program's database, or a newer facegate's, is refused untouched (the
+  message names the facegate the version record says made it, and the backup to go back to).
+- An older file is copied to `<data>/backups` (upgrade.py) before it is migrated; every pending
+  migration is one transaction, so a failure leaves the file as it was.
 - One writing process per data directory (the `flock` the store takes): its transactions are
   the only writers, so `exclusive` has nothing to add and there is no one to `notify`. A
   read-only opener (a `run` beside a `serve`) follows the writer by polling the generation.
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import urllib.parse
@@ -21,11 +25,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from facegate.identity import store_files, store_schema
+from facegate.identity import store_files, store_schema, upgrade
 from facegate.identity.store_db import Row
 from facegate.identity.store_files import DB_NAME
-from facegate.identity.store_schema import SCHEMA_VERSION
+from facegate.identity.store_schema import SCHEMA_VERSION, NewerSchemaError
 from facegate.identity.store_types import GalleryChange, StoreError
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # how often a read-only opener looks for the writer's changes
 
@@ -73,7 +79,7 @@ class SqliteDatabase:
             store_files.check_header(db)
             reader = store_files.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
             try:
-                version = store_schema.check_schema(reader, db, readonly=True)
+                version = _check_schema(reader, db, readonly=True)
             except BaseException:
                 reader.close()
                 raise
@@ -85,7 +91,7 @@ class SqliteDatabase:
         conn = store_files.connect(str(db))
         try:
             # Look before touching: a foreign or newer database is refused unchanged.
-            version = store_schema.check_schema(conn, db, readonly=False)
+            version = _check_schema(conn, db, readonly=False)
             store_files.make_private(db)
             store_files.configure_writer(conn)
         except BaseException:
@@ -93,10 +99,37 @@ class SqliteDatabase:
             raise
         return cls(conn, db, readonly=False), version
 
-    def migrate(self, version: int) -> None:
-        for target in range(version + 1, SCHEMA_VERSION + 1):
+    def migrate(self, version: int) -> upgrade.Upgrade | None:
+        """Bring the file from `version` to SCHEMA_VERSION in one transaction; a file that
+        held data (`version` > 0) is first copied to `<data>/backups` (what is returned)."""
+        if version >= SCHEMA_VERSION:
+            return None
+        backup = None
+        if version > 0:
+            backup = upgrade.backup_sqlite(self.conn, self.path, version, SCHEMA_VERSION)
+        try:
             with self.transaction() as tx:
-                store_schema.migrate_to(tx.conn, target)
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    store_schema.migrate_to(tx.conn, target)
+        except (sqlite3.Error, StoreError) as exc:
+            if backup is None:
+                raise
+            raise StoreError(
+                f"migrating {self.path} from schema {version} to {SCHEMA_VERSION} failed:"
+                f" {exc}; the file is unchanged (still schema {version}), and its copy of"
+                f" before is {backup}"
+            ) from None
+        if backup is None:
+            return None
+        log.warning(
+            "upgraded %s from schema %d to %d; the data of before is in %s (deleted at the"
+            " next erasure of a person)",
+            self.path,
+            version,
+            SCHEMA_VERSION,
+            backup,
+        )
+        return upgrade.Upgrade(version, SCHEMA_VERSION, str(backup))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self.mutex:
@@ -155,3 +188,13 @@ class SqliteDatabase:
     def close(self) -> None:
         with self.mutex, contextlib.suppress(sqlite3.Error):
             self.conn.close()
+
+
+def _check_schema(conn: sqlite3.Connection, db: Path, *, readonly: bool) -> int:
+    """`store_schema.check_schema`, whose refusal of a newer file names what made it and the
+    backup to go back to (the data directory's version record and backups)."""
+    try:
+        return store_schema.check_schema(conn, db, readonly=readonly)
+    except NewerSchemaError as exc:
+        message = upgrade.newer_sqlite_message(db, exc.found, SCHEMA_VERSION)
+        raise NewerSchemaError(message, exc.found) from None
