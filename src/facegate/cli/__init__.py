@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from facegate import __version__
-from facegate.cli import analysis, live, models, persons, serve, store
+from facegate.cli import analysis, live, models, persons, serve, service, store
 from facegate.cli.common import Context, Output
 from facegate.identity.archive import ArchiveError
 from facegate.identity.store import StoreError
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8001)")
     p.add_argument("--loop", action="store_true", help="start a file source again at its end")
+    service.add_commands(sub, add, _common)
     return parser
 
 

@@ -117,15 +117,7 @@ class Challenger:
         passive: PassiveFn | None = None,
         choose: Callable[[Sequence[str]], str] = secrets.choice,
     ) -> None:
-        self.cfg = cfg
-        self.machine_cfg = machine.Config(
-            challenge_seconds=cfg.challenge_seconds,
-            turn_degrees=cfg.turn_degrees,
-            front_degrees=cfg.return_degrees,
-            planarity_cutoff=cfg.planarity_cutoff,
-            identity_threshold=cfg.identity_threshold,
-        )
-        self.feedback_interval = feedback_interval
+        self.update_settings(cfg, feedback_interval=feedback_interval)
         self.landmarks = landmarks
         self.passive = passive
         self.choose = choose
@@ -135,6 +127,20 @@ class Challenger:
         self._track_results: dict[int, bool] = {}  # track id -> passed
         self._person_results: dict[str, bool] = {}  # this appearance's verdict, by person
         self._frames = 0  # processed frames: a gap in them is a gap in the track
+
+    def update_settings(self, cfg: LivenessSettings, *, feedback_interval: float) -> None:
+        """The limits (the engine's thread, between frames): a challenge under way goes on
+        under the new ones. (`challenge` itself changes only with a restart: its models are
+        loaded at start.)"""
+        self.cfg = cfg
+        self.machine_cfg = machine.Config(
+            challenge_seconds=cfg.challenge_seconds,
+            turn_degrees=cfg.turn_degrees,
+            front_degrees=cfg.return_degrees,
+            planarity_cutoff=cfg.planarity_cutoff,
+            identity_threshold=cfg.identity_threshold,
+        )
+        self.feedback_interval = feedback_interval
 
     @property
     def enabled(self) -> bool:

@@ -26,6 +26,8 @@ face `pending`, or `registering`) but embeds and identifies nobody, greets nobod
 nobody; strangers already offered still leave when they go, and a registration under way still
 captures its face (a face registered meanwhile is adopted, and greeted when recognition is on
 again). Switching it on: the faces in view are identified afresh and greeted as on arrival.
+Settings changed at run time (`update_settings`, any thread: `facegate serve`'s SIGHUP) are
+taken the same way, before the next frame.
 
 The liveness challenge (`[liveness] challenge`) is the engine's `Challenger` (challenge.py):
 a known person is greeted with access "pending", the challenged face is described in full in
@@ -142,6 +144,9 @@ class Engine:
         self._recognition_wanted = threading.Event()
         self._recognition_wanted.set()
         self._recognizing = True
+        # New settings (`update_settings`, any thread), taken by the engine thread before a frame.
+        self._settings_lock = threading.Lock()
+        self._settings_wanted: Settings | None = None
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, capture: Capture) -> None:
@@ -158,6 +163,7 @@ class Engine:
                 if capture.ended:
                     break
                 if self._last_time == -math.inf:  # live source: the capture clock
+                    self._follow_settings()
                     self._expire(self.clock())
                 continue
             self.process(frame)
@@ -201,6 +207,31 @@ class Engine:
             track.greeted = None
             self.tracker.forget_identity(track)
 
+    # -- settings changed at run time ----------------------------------------------------------
+    def update_settings(self, settings: Settings) -> None:
+        """New settings (any thread; server/reload.py says which keys may change), taken at the
+        next frame with what is derived from them: the tracker, the quality gates, the scene
+        cuts, the recent unknowns' limits and the liveness challenge's."""
+        with self._settings_lock:
+            self._settings_wanted = settings
+
+    def _follow_settings(self) -> None:
+        """Take settings given by `update_settings` (the engine thread, before a frame)."""
+        if self._settings_wanted is None:
+            return
+        with self._settings_lock:  # (this thread is the only one that empties it)
+            settings, self._settings_wanted = self._settings_wanted, None
+        cfg = settings.engine
+        self.settings = settings
+        self.tracker.settings = cfg
+        self.validator = QualityValidator(settings.quality)
+        self.scene.max_distance = cfg.scene_cut_distance
+        self.unknowns.capacity = cfg.unknowns_kept
+        self.unknowns.keep_seconds = cfg.unknowns_keep_seconds
+        self.challenger.update_settings(
+            settings.liveness, feedback_interval=settings.registration.feedback_interval_seconds
+        )
+
     # -- one frame ---------------------------------------------------------------------------
     def frame_time(self, frame: Frame) -> float:
         """The stream's own time: a file's position (monotonic across loops) when it has one,
@@ -214,6 +245,7 @@ class Engine:
         return self._last_time
 
     def process(self, frame: Frame) -> list[Track]:
+        self._follow_settings()
         now = self.frame_time(frame)
         t0 = time.perf_counter()
         detections = self.analyzer.detect(frame.image)

@@ -176,6 +176,20 @@ class Pipeline:
     def source(self) -> FrameSource:
         return self.capture.source
 
+    @property
+    def running(self) -> bool:
+        """The engine runs: started, and not stopped, ended or failed."""
+        return self._engine_done is not None and not self._engine_done.done()
+
+    def update_settings(self, settings: Settings) -> None:
+        """Settings changed at run time (on the loop): the gallery and the history take them
+        now, the engine at its next frame."""
+        self.settings = settings
+        self.gallery.settings = settings
+        for history in self._histories:
+            history.settings = settings.events
+        self.engine.update_settings(settings)
+
     def _count(self, event: Event) -> None:
         self.monitor.published(type_name(event))
 

@@ -91,6 +91,7 @@ class Registrar:
         self.last_event = "system_ready"
         self.present_tracks: set[int] = set()
         self.last_decision: dict[str, object] | None = None
+        self._next_settings: Settings | None = None  # `update_settings`, taken when idle
 
     # -- inputs ----------------------------------------------------------------------------
     def on_event(self, event: Event) -> None:
@@ -152,11 +153,23 @@ class Registrar:
     def tick(self) -> None:
         self.handle(Tick())
 
+    def update_settings(self, settings: Settings) -> None:
+        """Settings changed at run time: taken now when no registration is under way, else
+        when it ends (a registration finishes under the rules it started with)."""
+        self._next_settings = settings
+        self._follow_settings()
+
+    def _follow_settings(self) -> None:
+        if self._next_settings is not None and self.state.phase is Phase.IDLE:
+            self.settings, self._next_settings = self._next_settings, None
+            self.cfg = self.settings.registration
+
     def reset(self) -> None:
         self.handle(Reset())
 
     # -- the machine -------------------------------------------------------------------------
     def handle(self, event: Input) -> list[Reply]:
+        self._follow_settings()
         replies: list[Reply] = []
         pending: list[Input] = [event]
         while pending:

@@ -10,7 +10,8 @@ message the role it needs.
 Tokens choose the role (`server.token` / FACEGATE_TOKEN is the admin's, `server.operator_token`
 and `server.viewer_token` the others'). With no token configured at all (only allowed on a
 loopback bind) everyone who reaches the port is admin, as a local tool should be. The panel's
-static files are public: they hold no data.
+static files are public: they hold no data; so are `/healthz` and `/readyz`, which tell only
+states (health.py).
 
 `Guard` (security.py) enforces the HTTP table; the WebSocket endpoint enforces the message
 table. A route missing from the table is refused (fail closed), and a test walks the app's
@@ -86,6 +87,9 @@ ROUTES: dict[str, dict[str, Access]] = {
     "/snapshot.jpg": {"GET": Access(VIEWER, query_token=True)},
     "/video.mjpg": {"GET": Access(VIEWER, query_token=True)},
     "/ws": {"WEBSOCKET": Access(VIEWER)},
+    # Liveness and readiness for supervisors and load balancers (health.py): states only.
+    "/healthz": {"GET": Access(Role.PUBLIC)},
+    "/readyz": {"GET": Access(Role.PUBLIC)},
     # The panel's files (the static mount).
     "": {"GET": Access(Role.PUBLIC)},
 }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,9 +22,10 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from facegate.identity.store import StoreUnavailableError
-from facegate.server import api, persons, unknown_faces, video, websocket
+from facegate.server import api, health, persons, unknown_faces, video, websocket
 from facegate.server.http import GracefulServer
 from facegate.server.hub import Hub
+from facegate.server.panel import static_dir
 from facegate.server.protocol import wire_schema
 from facegate.server.runtime import Runtime
 from facegate.server.security import AuditWriter, is_loopback, middleware, tokens_of
@@ -36,7 +36,8 @@ from facegate.server.websocket import MAX_WS_MESSAGE
 # Imported from here by `facegate serve`, the bench and the tests.
 __all__ = ["MAX_WS_MESSAGE", "STATIC", "GracefulServer", "create_app", "is_loopback"]
 
-STATIC = Path(__file__).resolve().parents[3] / "static"
+# The panel's files, from the installed package (server/panel.py).
+STATIC = static_dir()
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -109,6 +110,7 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/api/stats", api.stats(runtime, hub)),
         Route("/api/schema", lambda r: JSONResponse(wire_schema())),
         Route("/metrics", api.metrics(runtime, hub)),
+        *health.routes(runtime),  # /healthz, /readyz
         Route("/snapshot.jpg", video.snapshot(runtime)),
         Route("/video.mjpg", video.video(runtime)),
         WebSocketRoute("/ws", ws_endpoint),

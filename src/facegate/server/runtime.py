@@ -15,6 +15,10 @@ one transaction at the very end of a registration) and stops the threads within 
 The services (`store`, `gallery`, `engine`, `registrar`, `bus`) exist from `start` on; asking
 for one before raises NotStartedError (the app's handlers only run after the lifespan started
 the runtime).
+
+`apply_settings` (on the loop; server/reload.py decides which keys may change) hands new
+settings to every service that holds them: the pipeline (the gallery, the history, the engine
+at its next frame) and the registrar (when no registration is under way).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class Runtime:
         self.mqtt: MqttBridge | None = None  # when `mqtt.url` is set, from `start` on
         self._upload_analyzer: FaceAnalyzer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on, from `start`
         # Set when the server begins shutting down: long responses (the MJPEG stream) end.
         self.closing = threading.Event()
         self.on_event: list[Callable[[Event], None]] = []
@@ -117,7 +122,7 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         pipeline = Pipeline.open(
             self.settings,
             self.data_dir,
@@ -177,6 +182,15 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await pipeline.close()
+
+    def apply_settings(self, settings: Settings) -> None:
+        """New settings for the running gate (on the loop): only keys that may change at run
+        time differ from the running ones (server/reload.py)."""
+        self.settings = settings
+        if self._running is not None:
+            pipeline, registrar = self._running
+            pipeline.update_settings(settings)
+            registrar.update_settings(settings)
 
     # -- services for the API ----------------------------------------------------------------
     def upload_analyzer(self) -> FaceAnalyzer:
