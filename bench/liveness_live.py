@@ -123,13 +123,7 @@ def report(rows: dict[tuple[str, str], list[cr.Outcome]]) -> None:
         )
     print("\n## Planarity scores (the median over each challenge's turned views)\n")
     for s in names:
-        vals = [
-            o.result.residual
-            for (_, name), v in rows.items()
-            if name == s
-            for o in v
-            if o.result is not None and o.result.residual is not None
-        ]
+        vals = figures(rows, s, "residual")
         if vals:
             print(
                 f"- {s}: n={len(vals)} min {min(vals):.3f} median {statistics.median(vals):.3f}"
@@ -139,15 +133,20 @@ def report(rows: dict[tuple[str, str], list[cr.Outcome]]) -> None:
             print(f"- {s}: never reached the target pose")
     print("\n## Passive score (fr_liveness P(live) on the front view; uncalibrated)\n")
     for s in names:
-        vals = [
-            o.result.passive_score
-            for (_, name), v in rows.items()
-            if name == s
-            for o in v
-            if o.result is not None and o.result.passive_score is not None
-        ]
+        vals = figures(rows, s, "passive_score")
         if vals:
             print(f"- {s}: n={len(vals)} median {statistics.median(vals):.3f} min {min(vals):.3f}")
+
+
+def figures(rows: dict[tuple[str, str], list[cr.Outcome]], subject: str, field: str) -> list[float]:
+    """One figure of every `subject` run's liveness_result (where it has one)."""
+    out = []
+    for (_, name), outcomes in rows.items():
+        for o in outcomes:
+            value = None if o.result is None or name != subject else getattr(o.result, field)
+            if value is not None:
+                out.append(float(value))
+    return out
 
 
 if __name__ == "__main__":
