@@ -37,6 +37,8 @@ from typing import Literal
 
 import aiomqtt
 
+from ports import free_port
+
 Variant = Literal["anonymous", "password", "tls"]
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -61,13 +63,6 @@ def missing_tools(variant: Variant = "anonymous") -> str | None:
     if variant == "tls" and shutil.which("openssl") is None:
         return "the openssl command is not installed (needed to make a test CA)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

@@ -30,7 +30,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +38,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+
+from ports import free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 ROLE = "facegate"
@@ -70,13 +71,6 @@ def find_pg_bin() -> Path | None:
         return Path(override) if _has_tools(Path(override)) else None
     found = [b for b in PG_ROOT.glob("*/bin") if _has_tools(b)]
     return max(found, key=_version_key) if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PostgresServer:

@@ -59,6 +59,7 @@ from facegate.server.mqtt_outbox import Outbox
 from facegate.server.mqtt_status import GateStatus, face_jpeg
 from facegate.settings import GateSettings, MqttSettings, Settings
 from fakes import NoFaces
+from ports import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 HAVE_MOSQUITTO = os.access(MOSQUITTO, os.X_OK)
@@ -70,11 +71,6 @@ T = TypeVar("T")
 
 
 # -- a real broker -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Mosquitto:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ if not CHROMIUM.is_file():
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python not installed")
 
 from fakes import ScriptedPerson  # noqa: E402  (after the skips above)
+from ports import free_port  # noqa: E402
 from test_registrar import Person  # noqa: E402
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.models]
@@ -112,12 +112,6 @@ class LiveServer:
     def join(self, timeout: float = 15.0) -> None:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "uvicorn did not stop"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,7 @@ from facegate.server.reload import (
 from facegate.server.runtime import Runtime
 from facegate.settings import Settings, load_settings
 from fakes import NoFaces
+from ports import free_port
 
 replace = msgspec.structs.replace
 VIDEO = "intel_face-demographics-walking-and-pause.mp4"
@@ -341,11 +342,6 @@ def test_sighup_reloads_a_running_gate(
 
 
 # -- a real `facegate serve` -------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from facegate.server.runtime import Runtime
 from facegate.settings import Settings, load_settings
 from facegate.vision.face import ImageArray
 from fakes import NoFaces
+from ports import free_port
 
 EVIL = "http://evil.example"
 JSON = {"Content-Type": "application/json"}
@@ -87,13 +88,6 @@ def build(tmp_path: Path, frames: Path) -> Build:
             yield client, runtime
 
     return _build
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

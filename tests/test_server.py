@@ -527,6 +527,10 @@ def test_identify_bad_input(client: TestClient, deepface: Path) -> None:
 
 
 # -- history, stats, schema, metrics, video ----------------------------------------------------
+def ours_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if str(r["data"].get("message", "")).startswith("test event")]
+
+
 def test_events_since_returns_the_history_in_order(app: tuple[TestClient, Runtime]) -> None:
     client, runtime = app
     assert client.portal is not None
@@ -547,7 +551,8 @@ def test_events_since_returns_the_history_in_order(app: tuple[TestClient, Runtim
     assert all(s > after for s in seqs)
     ours = [m for m in messages if m and m.startswith("test event")]
     assert ours == ["test event 2", "test event 3", "test event 4"]
-    assert all(r["type"] == "system_ready" for r in rows if r["data"]["seq"] in seqs[:3])
+    # Ours come back as what they are (the running source may add its own events between).
+    assert {r["type"] for r in rows if r in ours_rows(rows)} == {"system_ready"}
 
     everything = client.get("/api/events?since=0").json()
     assert [r["data"]["seq"] for r in everything][-3:] == seqs[-3:]

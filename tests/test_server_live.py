@@ -41,6 +41,7 @@ from facegate.server.http import uvicorn_config
 from facegate.server.runtime import Runtime
 from facegate.settings import load_settings
 from facegate.vision.face import FaceAnalyzer
+from ports import free_port
 
 pytestmark = [
     pytest.mark.shared_data,
@@ -57,13 +58,6 @@ def analyzer_pool(faceplugin_dir: Path) -> list[FaceAnalyzer]:
 
     settings = load_settings(environ={})
     return [open_analyzer(settings), open_analyzer(settings)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Live:

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PANEL = REPO / "static"
@@ -176,13 +177,6 @@ def test_models_list_from_the_installed_cli(installed: Installed) -> None:
     packs = {row["name"]: row for row in map(json.loads, out.stdout.splitlines())}
     assert packs["faceplugin"]["verified"] is True, packs["faceplugin"]
     assert Path(packs["faceplugin"]["path"]).parent == Path(installed.env["FACEGATE_MODELS__DIR"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def panel_references(index: str) -> list[str]:
