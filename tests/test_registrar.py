@@ -306,3 +306,25 @@ def test_a_declined_face_can_be_offered_again_by_the_operator(
     rig.show(person.looking("front"))
     again = rig.registrar.offer(track, None, "operator")
     assert not again.ok and "known" in again.message
+
+
+def test_a_face_the_operator_registers_before_it_was_offered_leaves_the_capture_when_gone(
+    analyzer: FacepluginAnalyzer, gallery: Gallery, pointing: Path
+) -> None:
+    """Register clicked on a face at once (never announced as a stranger, so no
+    person_left_area will name it), then the person walks away: the capture ends as
+    `person_left` once the engine drops the track, not at the pose's 15 s timeout."""
+    person = Person(pointing, "p04_person01")
+    rig = Rig(analyzer, gallery, settings())
+    while rig.engine.latest_view is None or not rig.engine.latest_view.tracks:
+        rig.show(person.looking("front"))
+    track = rig.engine.latest_view.tracks[0].track_id
+    assert not rig.of(UnknownPersonDetected)
+    assert rig.registrar.offer(track, "Lee", "operator").ok
+    empty = np.full((480, 640, 3), 60, np.uint8)
+    left_at = rig.now
+    while rig.registrar.state.phase is not Phase.IDLE and rig.now - left_at < 10.0:
+        rig.show(empty)
+    assert [c.reason for c in rig.of(RegistrationCancelled)] == ["person_left"]  # type: ignore[attr-defined]
+    assert rig.now - left_at <= settings().engine.left_after_seconds + 1.0
+    assert not rig.of(RegistrationFailed) and gallery.store.embedding_count() == 0

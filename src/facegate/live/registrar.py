@@ -151,6 +151,17 @@ class Registrar:
         self.handle(obs)
 
     def tick(self) -> None:
+        """Time passes (the machine's deadlines). And a face being captured that the engine
+        no longer follows (its track expired, or ended at a scene cut) has left: a face the
+        operator asked to register before it was ever offered has no `person_left_area` to
+        say so, and would otherwise hold the capture until its pose timed out."""
+        track = self.state.track_id
+        if (
+            self.state.phase is Phase.CAPTURING
+            and track is not None
+            and self.focus.track_status(track) == "gone"
+        ):
+            self.handle(PersonLeft(track))
         self.handle(Tick())
 
     def update_settings(self, settings: Settings) -> None:
