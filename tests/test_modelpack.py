@@ -343,3 +343,21 @@ def test_bad_download_leaves_nothing_behind(
     assert os.listdir(tmp_path) == ["buffalo_l"]
     assert list((tmp_path / "buffalo_l").iterdir()) == []
     assert not pack_status(tmp_path, "buffalo_l").verified
+
+
+def test_the_liveness_challenge_asks_for_the_default_pack_beside_another(tmp_path: Path) -> None:
+    from facegate.settings import LivenessSettings, ModelSettings, Settings
+    from facegate.vision.analyzers import liveness_pack
+
+    def settings(challenge: str) -> Settings:
+        return Settings(
+            models=ModelSettings(pack="buffalo_l", dir=str(tmp_path), allow_download=False),
+            liveness=LivenessSettings(challenge=challenge),  # type: ignore[arg-type]
+        )
+
+    assert liveness_pack(settings("off")) is None  # nothing needed, nothing checked
+    with pytest.raises(ModelPackError) as info:
+        liveness_pack(settings("known"))
+    message = str(info.value)
+    assert "[liveness] challenge = 'known'" in message and "buffalo_l" in message
+    assert "facegate models fetch" in message  # how to get it

@@ -30,6 +30,7 @@ def cmd_serve(ctx: Context) -> int:
     from facegate.server.http import listen, raise_open_file_limit, uvicorn_config
     from facegate.server.reload import Reloader, install
     from facegate.server.runtime import Runtime
+    from facegate.vision.analyzers import liveness_pack
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload is installed below
     args = ctx.args
@@ -67,6 +68,7 @@ def cmd_serve(ctx: Context) -> int:
     # Load the models now (a missing pack fails here, with the fixing command); the engine
     # takes this analyzer, the upload handlers get their own when first needed.
     loaded = [ctx.analyzer()]
+    liveness_pack(settings)  # the liveness challenge's models, when it is on
 
     def analyzer_factory() -> FaceAnalyzer:
         return loaded.pop() if loaded else ctx.analyzer()

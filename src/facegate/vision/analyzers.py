@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -11,7 +12,7 @@ import numpy.typing as npt
 from facegate.settings import Settings, models_dir
 from facegate.vision.face import BBox, Detection, Face, FaceAnalyzer, ImageArray
 from facegate.vision.headpose import geometry_pose
-from facegate.vision.modelpack import require_pack
+from facegate.vision.modelpack import ModelPackError, require_pack
 
 
 def open_analyzer(settings: Settings) -> FaceAnalyzer:
@@ -48,6 +49,21 @@ LandmarkFn = Callable[[ImageArray, Detection], npt.NDArray[np.float32]]
 PassiveFn = Callable[[ImageArray, BBox], float]
 
 
+def liveness_pack(settings: Settings) -> Path | None:
+    """The default pack's folder, which the liveness challenge's models come from (None with
+    the challenge off); ModelPackError saying how to get it when it is not installed (`serve`
+    and `run` ask before they start, so the gate does not fail halfway through starting)."""
+    if settings.liveness.challenge == "off":
+        return None
+    try:
+        return require_pack(models_dir(settings), "faceplugin", allow_download=False)
+    except ModelPackError as exc:
+        raise ModelPackError(
+            f"[liveness] challenge = {settings.liveness.challenge!r} needs the default pack's"
+            f" landmark and liveness models beside the {settings.models.pack} pack: {exc}"
+        ) from None
+
+
 def liveness_models(
     settings: Settings, analyzer: FaceAnalyzer
 ) -> tuple[LandmarkFn | None, PassiveFn | None]:
@@ -56,13 +72,13 @@ def liveness_models(
     come from the default pack, which must then be installed beside an InsightFace pack
     (ModelPackError with the fixing command otherwise). (None, None) with the challenge off."""
     cfg = settings.liveness
-    if cfg.challenge == "off":
+    pack_dir = liveness_pack(settings)
+    if pack_dir is None:
         return None, None
     from facegate.vision.faceplugin import Landmarks68
     from facegate.vision.passive_liveness import PassiveLiveness
 
     own = analyzer.name == "faceplugin"
-    pack_dir = require_pack(models_dir(settings), "faceplugin", allow_download=False)
     threads = settings.models.threads
     landmarks = None if own else Landmarks68(pack_dir, threads)
     passive = PassiveLiveness(pack_dir, threads).score if cfg.passive_score else None
