@@ -196,6 +196,11 @@ def test_mqtt_gate_id_is_gone_and_says_where_it_went(tmp_path: Path) -> None:
         ("[recognition]\ntarget_far = 0.0\n", "recognition.target_far"),
         ("[models]\nthreads = 0\n", "models.threads"),
         ("[detection]\nmin_score = -0.1\n", "detection.min_score"),
+        ('[liveness]\nchallenge = "sometimes"\n', "liveness.challenge"),
+        ("[liveness]\ndirections = []\n", "liveness.directions"),
+        ('[liveness]\ndirections = ["sideways"]\n', "liveness.directions"),
+        ("[liveness]\nturn_degrees = 5.0\n", "liveness.turn_degrees"),
+        ("[liveness]\nchallenge_seconds = 0.0\n", "liveness.challenge_seconds"),
     ],
 )
 def test_out_of_bounds_value_in_file_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
@@ -211,6 +216,8 @@ def test_out_of_bounds_value_in_file_names_the_key(tmp_path: Path, toml: str, ke
         ("FACEGATE_RECOGNITION_THRESHOLD", "2.0", "recognition.threshold"),
         ("FACEGATE_MODELS_THREADS", "0", "models.threads"),
         ("FACEGATE_MODELS__THREADS", "65", "models.threads"),
+        ("FACEGATE_LIVENESS_CHALLENGE", "maybe", "liveness.challenge"),
+        ("FACEGATE_LIVENESS_IDENTITY_THRESHOLD", "1.5", "liveness.identity_threshold"),
     ],
 )
 def test_out_of_bounds_value_in_environment_names_the_key(name: str, value: str, key: str) -> None:

@@ -87,51 +87,6 @@ def table_count(s: Store, table: str) -> int:
 
 
 # -- create / read ---------------------------------------------------------------------------
-def test_create_person_round_trip(store: Store, rng: np.random.Generator) -> None:
-    vecs = [unit(rng) for _ in range(3)]
-    thumb = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
-    items = [
-        emb(vecs[0], "front", 0.91, "photo"),
-        emb(vecs[1], "left", 0.52, "registration"),
-        emb(vecs[2], "right", 0.77, "registration"),
-    ]
-    person, ids = store.create_person(
-        "  Ada    Lovelace ", items, pack=PACK, actor="tester", thumbnail=thumb, note="n1"
-    )
-    assert person.name == "Ada Lovelace"
-    assert person.note == "n1"
-    assert person.embeddings == 3
-    assert person.poses == ["front", "left", "right"]
-    assert len(ids) == 3
-    assert ids == sorted(ids)
-    assert len(set(ids)) == 3
-
-    assert store.persons() == [person]
-    assert store.person(person.id) == person
-    infos = store.embeddings_of(person.id)
-    assert [i.id for i in infos] == ids
-    assert [(i.pose, i.source) for i in infos] == [
-        ("front", "photo"),
-        ("left", "registration"),
-        ("right", "registration"),
-    ]
-    assert [i.quality for i in infos] == pytest.approx([0.91, 0.52, 0.77])
-    assert store.thumbnail(person.id) == thumb
-    assert store.model_pack() == PACK
-    assert store.dim() == DIM
-    assert store.embedding_count() == 3
-
-    vs = store.vectors()
-    assert vs.ids.tolist() == ids
-    assert vs.person_ids == [person.id] * 3
-    assert vs.matrix.dtype == np.float32
-    assert vs.matrix.shape == (3, DIM)
-    for row, v in zip(vs.matrix, vecs, strict=True):
-        assert row.tobytes() == v.astype("<f4").tobytes()  # exact bytes, not approximately
-    one = store.vectors(person.id)
-    assert one.ids.tolist() == ids
-
-
 def test_round_trip_survives_reopen(data_dir: Path, rng: np.random.Generator) -> None:
     v = unit(rng)
     with Store.open(data_dir) as s:

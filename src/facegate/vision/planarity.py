@@ -194,5 +194,6 @@ def planarity_residual(front: npt.ArrayLike, turned: npt.ArrayLike) -> float:
 
 
 def is_planar(result: Planarity, cutoff: float = CUTOFF_POINTING04) -> bool:
-    """Whether the two views are explained by one plane: a photo or a screen, not a head."""
-    return result.score < cutoff
+    """Whether the two views are explained by one plane: a photo or a screen, not a head. A
+    score at the cut-off is planar, as the challenge and the registration decide."""
+    return result.score <= cutoff
